@@ -1,0 +1,51 @@
+"""lightning-rwc: how each layer of a network learns, measured as relative weight change (RWC).
+
+The public names are loaded on first use, so that ``import lightning_rwc`` (and the CLI) does not pay for importing
+Lightning, PyTorch or scikit-learn until they are needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterResult",
+    "RWCHistory",
+    "RelativeWeightChange",
+    "WeightChangeTracker",
+    "cluster_layers",
+    "load_history",
+    "write_cluster_run",
+]
+
+_SOURCES = {
+    "ClusterResult": "lightning_rwc.clustering",
+    "RWCHistory": "lightning_rwc.history",
+    "RelativeWeightChange": "lightning_rwc.callback",
+    "WeightChangeTracker": "lightning_rwc.tracker",
+    "cluster_layers": "lightning_rwc.clustering",
+    "load_history": "lightning_rwc.history",
+    "write_cluster_run": "lightning_rwc.tensorboard",
+}
+
+if TYPE_CHECKING:
+    from lightning_rwc.callback import RelativeWeightChange
+    from lightning_rwc.clustering import ClusterResult, cluster_layers
+    from lightning_rwc.history import RWCHistory, load_history
+    from lightning_rwc.tensorboard import write_cluster_run
+    from lightning_rwc.tracker import WeightChangeTracker
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_rwc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,400 @@
+"""Group layers whose RWC curves evolve alike: features, dimensionality reduction, clustering, summaries.
+
+The functions here take an :class:`~lightning_rwc.history.RWCHistory` and return plain data
+(:class:`ClusterResult`); they know nothing about logging or plotting.
+
+How values become features (the documented rule):
+
+1. Each layer's curve over the measurements is read from the history; ``nan``, ``inf`` and missing values (a layer
+   that appeared later, a step another layer was not measured at) count as missing.
+2. A layer with fewer than two finite values is left out and listed in ``result.excluded`` with the reason.
+3. Zero values (a layer that did not move) are raised to a floor, a tenth of the smallest positive value in the
+   whole table, so that their logarithm is defined; missing values are filled by linear interpolation over the
+   measurement index, holding the nearest value beyond either end. ``result.imputed`` counts, per layer, the values
+   filled or floored this way.
+4. Features are ``log10`` of the curve (``features="magnitude"``), or that curve z-scored per layer
+   (``features="shape"``), which clusters by trend alone: use it when layers of very different scale but the same
+   dynamics should fall together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from lightning_rwc.history import RWCHistory, write_atomic
+
+FORMAT_VERSION = 1
+FEATURES = ("magnitude", "shape")
+REDUCTIONS = ("pca", "none", "umap")
+METHODS = ("hdbscan", "kmeans")
+
+
+@dataclass
+class ClusterSummary:
+    """One cluster: its members (in depth order), their depth range and its mean / quartile curves over time."""
+
+    cluster_id: int
+    members: list[str]
+    depth_range: tuple[int, int]
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class ClusterResult:
+    """The outcome of :func:`cluster_layers`.
+
+    Attributes:
+        layers: the clustered layers, in depth order (excluded layers are not among them).
+        steps: the global steps of the measurements (the time axis of every curve).
+        labels: ``{layer: cluster id}``; ``-1`` marks layers that fit no cluster (HDBSCAN noise).
+        depth: ``{layer: position among all layers of the history}`` (the model's parameter order).
+        embedding: ``(len(layers), n_components)`` coordinates the clustering ran on.
+        summaries: one :class:`ClusterSummary` per cluster, by id (noise has none).
+        silhouette: silhouette score of the clusters in the embedding (noise left out); ``None`` if undefined.
+        noise_fraction: share of the clustered layers labelled ``-1``.
+        explained_variance: share of the feature variance the reduction kept (1.0 without reduction).
+        excluded: ``{layer: reason}`` for layers left out by the feature rule.
+        imputed: ``{layer: number of values filled or floored}``, for layers where that happened.
+        params: the parameters used.
+    """
+
+    layers: list[str]
+    steps: list[int]
+    labels: dict[str, int]
+    depth: dict[str, int]
+    embedding: np.ndarray
+    summaries: list[ClusterSummary]
+    silhouette: float | None
+    noise_fraction: float
+    explained_variance: float
+    excluded: dict[str, str] = field(default_factory=dict)
+    imputed: dict[str, int] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters (noise not counted)."""
+        return len(self.summaries)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible content: the format written by :meth:`save_json` (see the README)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "params": self.params,
+            "steps": self.steps,
+            "labels": self.labels,
+            "depth": self.depth,
+            "quality": {
+                "n_clusters": self.n_clusters,
+                "silhouette": self.silhouette,
+                "noise_fraction": self.noise_fraction,
+                "explained_variance": self.explained_variance,
+            },
+            "clusters": [
+                {
+                    **{k: v for k, v in asdict(s).items() if k not in ("mean", "lower", "upper")},
+                    "mean": _json_list(s.mean),
+                    "lower": _json_list(s.lower),
+                    "upper": _json_list(s.upper),
+                }
+                for s in self.summaries
+            ],
+            "noise": [layer for layer in self.layers if self.labels[layer] == -1],
+            "excluded": self.excluded,
+            "imputed": self.imputed,
+        }
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically."""
+        write_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    def markdown(self) -> str:
+        """A short Markdown report: quality figures, then each cluster's members and depth range."""
+        silhouette = "n/a" if self.silhouette is None else f"{self.silhouette:.3f}"
+        lines = [
+            f"**{self.n_clusters} clusters** of {len(self.layers)} layers ({self.params.get('method')}); "
+            f"silhouette {silhouette}, noise {self.noise_fraction:.0%}, explained variance "
+            f"{self.explained_variance:.0%}.",
+            "",
+        ]
+        for s in self.summaries:
+            lines.append(
+                f"- cluster {s.cluster_id}: {len(s.members)} layers, depth {s.depth_range[0]}-{s.depth_range[1]}: "
+                + ", ".join(s.members)
+            )
+        noise = [layer for layer in self.layers if self.labels[layer] == -1]
+        if noise:
+            lines.append(f"- noise: {len(noise)} layers: " + ", ".join(noise))
+        if self.excluded:
+            lines.append(f"- excluded: {len(self.excluded)} layers: " + ", ".join(self.excluded))
+        return "\n".join(lines)
+
+
+def cluster_layers(
+    history: RWCHistory,
+    *,
+    features: Literal["magnitude", "shape"] = "magnitude",
+    reduction: Literal["pca", "none", "umap"] = "pca",
+    method: Literal["hdbscan", "kmeans"] = "hdbscan",
+    n_clusters: int | None = None,
+    min_cluster_size: int | None = None,
+    max_components: int = 10,
+    explained_variance: float = 0.9,
+    seed: int = 0,
+    previous: ClusterResult | None = None,
+) -> ClusterResult:
+    """Cluster the layers of ``history`` by their RWC curves.
+
+    Args:
+        history: the RWC history (for example ``callback.history`` or :func:`~lightning_rwc.history.load_history`).
+        features: ``"magnitude"`` (log curves as they are) or ``"shape"`` (log curves z-scored per layer).
+        reduction: ``"pca"`` (components kept up to ``explained_variance``, at most ``max_components``),
+            ``"none"``, or ``"umap"`` (needs the ``umap-learn`` package).
+        method: ``"hdbscan"`` (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"``.
+        n_clusters: k for k-means; ``None`` picks it by the best silhouette for k in 2..10.
+        min_cluster_size: HDBSCAN's smallest cluster; ``None`` uses ``max(3, min(100, layers // 20))``.
+        max_components: most PCA components kept.
+        explained_variance: share of variance the PCA components must explain.
+        seed: random seed (k-means, UMAP, silhouette sampling); the result is deterministic for a given seed.
+        previous: an earlier result; clusters that share most members with one of its clusters keep its id.
+
+    Raises:
+        ValueError: for an unknown option, fewer than two measurements, or fewer than three usable layers.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc.history import RWCHistory
+        >>> t = np.arange(1, 11)
+        >>> curves = [0.1 / t + 0.001 * i for i in range(6)] + [0.001 * np.ones(10) + 0.0001 * i for i in range(6)]
+        >>> history = RWCHistory.from_arrays([f"l{i}.weight" for i in range(12)], t, np.array(curves))
+        >>> result = cluster_layers(history, method="kmeans")
+        >>> result.n_clusters, result.labels["l0.weight"] != result.labels["l11.weight"]
+        (2, True)
+    """
+    _check_option("features", features, FEATURES)
+    _check_option("reduction", reduction, REDUCTIONS)
+    _check_option("method", method, METHODS)
+    if n_clusters is not None and n_clusters < 2:
+        raise ValueError(f"n_clusters must be at least 2 (or None for automatic k), got {n_clusters}")
+    if not 0 < explained_variance <= 1:
+        raise ValueError(f"explained_variance must be in (0, 1], got {explained_variance}")
+    if len(history) < 2:
+        raise ValueError(
+            f"Clustering needs at least 2 measurements per layer; this history has {len(history)}. "
+            "Train for more epochs (or measure every_n_steps)."
+        )
+    all_layers = history.layers
+    curves, kept, excluded, imputed = prepare_curves(history.values, all_layers)
+    if len(kept) < 3:
+        raise ValueError(
+            f"Clustering needs at least 3 layers with 2 or more finite values; {len(kept)} of {len(all_layers)} "
+            f"qualify (excluded: {excluded or 'none'})."
+        )
+    feats = np.log10(curves)
+    if features == "shape":
+        std = feats.std(axis=1, keepdims=True)
+        feats = (feats - feats.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+    embedding, kept_variance = reduce_features(feats, reduction, max_components, explained_variance, seed)
+    if method == "hdbscan":
+        size = min_cluster_size or max(3, min(100, len(kept) // 20))
+        labels = _hdbscan(embedding, size)
+        params_extra: dict[str, Any] = {"min_cluster_size": size}
+    else:
+        labels, k = _kmeans(embedding, n_clusters, seed)
+        params_extra = {"n_clusters": k, "k_chosen": "given" if n_clusters else "silhouette"}
+    labels = _order_by_depth(labels)
+    names = [all_layers[i] for i in kept]
+    if previous is not None:
+        labels = match_labels(names, labels, previous.labels)
+    raw = np.where(np.isfinite(history.values[kept]), history.values[kept], np.nan)
+    return ClusterResult(
+        layers=names,
+        steps=history.steps,
+        labels={name: int(label) for name, label in zip(names, labels, strict=True)},
+        depth={name: int(i) for name, i in zip(names, kept, strict=True)},
+        embedding=embedding,
+        summaries=summarise(names, kept, labels, raw),
+        silhouette=_silhouette(embedding, labels, seed),
+        noise_fraction=float(np.mean(labels == -1)),
+        explained_variance=kept_variance,
+        excluded=excluded,
+        imputed=imputed,
+        params={
+            "features": features,
+            "reduction": reduction,
+            "method": method,
+            "n_components": int(embedding.shape[1]),
+            "seed": seed,
+            **params_extra,
+        },
+    )
+
+
+def prepare_curves(
+    values: np.ndarray, layers: Sequence[str]
+) -> tuple[np.ndarray, list[int], dict[str, str], dict[str, int]]:
+    """Apply the feature rule of this module to a ``(layers, measurements)`` table.
+
+    Returns:
+        The positive, finite curves of the kept layers, the indices of those layers, ``{layer: reason}`` for the
+        excluded ones and ``{layer: count}`` of filled or floored values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    usable = np.isfinite(values) & (values >= 0)
+    positive = values[usable & (values > 0)]
+    floor = positive.min() / 10 if positive.size else 1e-12
+    kept, excluded, imputed, rows = [], {}, {}, []
+    index = np.arange(values.shape[1])
+    for i, name in enumerate(layers):
+        ok = usable[i]
+        if ok.sum() < 2:
+            excluded[name] = f"{int(ok.sum())} finite value(s) of {values.shape[1]}"
+            continue
+        row = np.where(ok, np.maximum(values[i], floor), np.nan)
+        logs = np.log10(row)
+        filled = np.interp(index, index[ok], logs[ok])
+        count = int((~ok).sum() + (ok & (values[i] < floor)).sum())
+        if count:
+            imputed[name] = count
+        kept.append(i)
+        rows.append(10.0**filled)
+    return np.array(rows).reshape(len(kept), values.shape[1]), kept, excluded, imputed
+
+
+def reduce_features(
+    features: np.ndarray, reduction: str, max_components: int, explained_variance: float, seed: int
+) -> tuple[np.ndarray, float]:
+    """Reduce ``(layers, measurements)`` features; return the embedding and the share of variance kept."""
+    if reduction == "none":
+        return features, 1.0
+    if reduction == "umap":
+        try:
+            import umap
+        except ImportError as err:
+            raise ModuleNotFoundError("reduction='umap' needs umap-learn: pip install umap-learn") from err
+        dims = max(2, min(max_components, features.shape[1], features.shape[0] - 2))
+        return umap.UMAP(n_components=dims, random_state=seed).fit_transform(features), math.nan
+    from sklearn.decomposition import PCA
+
+    cap = min(max_components, *features.shape)
+    pca = PCA(n_components=cap, svd_solver="full").fit(features)
+    ratios = np.nan_to_num(pca.explained_variance_ratio_)
+    cumulative = np.cumsum(ratios)
+    keep = int(np.searchsorted(cumulative, explained_variance - 1e-12) + 1)
+    keep = max(min(2, cap), min(keep, cap))
+    return pca.transform(features)[:, :keep], float(cumulative[keep - 1]) if cumulative.size else 1.0
+
+
+def summarise(names: Sequence[str], depths: Sequence[int], labels: np.ndarray, raw: np.ndarray) -> list[ClusterSummary]:
+    """Per cluster: members, depth range, and the mean and quartiles of the members' raw RWC at each step."""
+    summaries = []
+    for cid in sorted(set(labels.tolist()) - {-1}):
+        rows = np.flatnonzero(labels == cid)
+        block = raw[rows]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # steps where a cluster has no finite value
+            summaries.append(
+                ClusterSummary(
+                    cluster_id=int(cid),
+                    members=[names[r] for r in rows],
+                    depth_range=(int(depths[rows[0]]), int(depths[rows[-1]])),
+                    mean=np.nanmean(block, axis=0),
+                    lower=np.nanpercentile(block, 25, axis=0),
+                    upper=np.nanpercentile(block, 75, axis=0),
+                )
+            )
+    return summaries
+
+
+def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, int]) -> np.ndarray:
+    """Renumber ``labels`` so that each cluster takes the id of the earlier cluster it shares most members with.
+
+    Matching is one-to-one (Hungarian assignment on the overlap counts); clusters without an overlapping earlier
+    cluster get ids that were not used before. Noise (``-1``) stays ``-1``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    new_ids = sorted(set(labels.tolist()) - {-1})
+    old_ids = sorted(set(previous.values()) - {-1})
+    mapping: dict[int, int] = {}
+    if new_ids and old_ids:
+        overlap = np.zeros((len(new_ids), len(old_ids)))
+        for name, label in zip(names, labels, strict=True):
+            old = previous.get(name, -1)
+            if label != -1 and old != -1:
+                overlap[new_ids.index(label), old_ids.index(old)] += 1
+        for r, c in zip(*linear_sum_assignment(-overlap), strict=True):
+            if overlap[r, c] > 0:
+                mapping[new_ids[r]] = old_ids[c]
+    next_id = max(old_ids, default=-1) + 1
+    for cid in new_ids:
+        if cid not in mapping:
+            mapping[cid] = next_id
+            next_id += 1
+    return np.array([mapping.get(int(label), -1) for label in labels], dtype=int)
+
+
+def _hdbscan(embedding: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    import hdbscan
+
+    size = max(2, min(min_cluster_size, len(embedding)))
+    return hdbscan.HDBSCAN(min_cluster_size=size).fit_predict(embedding).astype(int)
+
+
+def _kmeans(embedding: np.ndarray, n_clusters: int | None, seed: int) -> tuple[np.ndarray, int]:
+    from sklearn.cluster import KMeans
+
+    if n_clusters is not None:
+        if n_clusters >= len(embedding):
+            raise ValueError(f"n_clusters={n_clusters} needs more layers than the {len(embedding)} clustered")
+        return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(embedding), n_clusters
+    best: tuple[float, np.ndarray, int] | None = None
+    for k in range(2, min(10, len(embedding) - 1) + 1):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(embedding)
+        score = _silhouette(embedding, labels, seed)
+        if score is not None and (best is None or score > best[0] + 1e-9):
+            best = (score, labels, k)
+    if best is None:
+        labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(embedding)
+        return labels, 2
+    return best[1], best[2]
+
+
+def _silhouette(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
+    from sklearn.metrics import silhouette_score
+
+    mask = labels != -1
+    k = len(set(labels[mask].tolist()))
+    if k < 2 or k >= mask.sum():
+        return None
+    sample = 5000 if mask.sum() > 5000 else None
+    return float(silhouette_score(embedding[mask], labels[mask], sample_size=sample, random_state=seed))
+
+
+def _order_by_depth(labels: np.ndarray) -> np.ndarray:
+    """Number clusters 0, 1, ... in the order of their first member (the shallowest layer)."""
+    order: dict[int, int] = {}
+    for label in labels.tolist():
+        if label != -1 and label not in order:
+            order[label] = len(order)
+    return np.array([order.get(label, -1) for label in labels.tolist()], dtype=int)
+
+
+def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _json_list(curve: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in curve]

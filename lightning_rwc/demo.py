@@ -1,0 +1,198 @@
+"""The README's first command: a short real training run with the callback, then clustering of its layers.
+
+By default a torchvision ResNet-18 (adapted to small grey images) learns scikit-learn's bundled handwritten digits
+on the CPU; ``--data fashion-mnist --data-dir DIR`` trains on Fashion-MNIST read from its standard IDX files (the
+Debian package ``dataset-fashion-mnist`` installs them under ``/usr/share/datasets/fashion-mnist``).
+
+Run it with ``python -m lightning_rwc.demo`` or ``lightning-rwc demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (shared by ``python -m lightning_rwc.demo`` and ``lightning-rwc demo``)."""
+    parser.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits", help="default: digits")
+    parser.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's *-ubyte.gz files")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
+    parser.add_argument("--epochs", type=int, default=15, help="default: 15")
+    parser.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    parser.add_argument("--lr", type=float, default=0.02, help="SGD learning rate, momentum 0.9 (default: 0.02)")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--out", default="demo_logs", help="log folder (default: demo_logs)")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
+
+
+def load_digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's 1797 handwritten 8x8 digits, scaled to [0, 1], split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    return {"train": (x_train, y_train), "test": (x_test, y_test)}
+
+
+def load_fashion_mnist_arrays(data_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST from its IDX files (``train-images-idx3-ubyte.gz`` and the three others) in ``data_dir``."""
+    data_dir = Path(data_dir)
+    missing = [name for pair in FASHION_FILES.values() for name in pair if not (data_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{data_dir} lacks {', '.join(missing)}. On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` puts "
+            "the files in /usr/share/datasets/fashion-mnist; pass that folder as --data-dir."
+        )
+    out = {}
+    for split, (images, labels) in FASHION_FILES.items():
+        x = read_idx(data_dir / images).astype(np.float32)[:, None] / 255.0
+        out[split] = (x, read_idx(data_dir / labels).astype(np.int64))
+    return out
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def resnet18_for_small_grey_images(num_classes: int = 10) -> Any:
+    """Torchvision's ResNet-18 with a 3x3 stride-1 first convolution on one channel and no max-pool.
+
+    The smallest change that keeps 8x8 and 28x28 images from shrinking to nothing before the last block.
+    """
+    from torch import nn
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def make_classifier(model: Any, lr: float, num_classes: int = 10) -> Any:
+    """A LightningModule that trains ``model`` with SGD (momentum 0.9, constant ``lr``) and logs accuracy."""
+    import lightning.pytorch as pl
+    import torch
+    import torchmetrics
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+            self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            logits = self.model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            self.train_acc(logits, y)
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.val_acc(self.model(x), y)
+            self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
+
+    return Classifier()
+
+
+def loaders(arrays: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, limit: int | None, seed: int) -> Any:
+    """Train and test DataLoaders over in-memory arrays."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def dataset(split: str, n: int | None) -> TensorDataset:
+        x, y = arrays[split]
+        return TensorDataset(torch.from_numpy(np.ascontiguousarray(x[:n])), torch.from_numpy(y[:n]).long())
+
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(dataset("train", limit), batch_size=batch_size, shuffle=True, generator=generator)
+    test = DataLoader(dataset("test", None), batch_size=256)
+    return train, test
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Train with the callback, cluster the run, print where everything is; return the figures it printed."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_rwc.callback import RelativeWeightChange
+    from lightning_rwc.pipeline import cluster_run
+
+    if args.data == "fashion-mnist":
+        if not args.data_dir:
+            raise SystemExit("--data fashion-mnist needs --data-dir DIR (see `lightning-rwc demo --help`)")
+        arrays = load_fashion_mnist_arrays(args.data_dir)
+    else:
+        arrays = load_digits_arrays()
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    train, test = loaders(arrays, args.batch_size, args.limit, args.seed)
+    module = make_classifier(resnet18_for_small_grey_images(), args.lr)
+    logger = TensorBoardLogger(args.out, name=args.data)
+    rwc = RelativeWeightChange()
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        callbacks=[rwc],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=True,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train, test)
+    fit_seconds = time.perf_counter() - start
+    accuracy = float(trainer.callback_metrics["val/acc"])
+    print(f"\nTrained {args.epochs} epochs in {fit_seconds:.1f} s; test accuracy {accuracy:.3f}.")
+    print(f"RWC of all weights per epoch: {', '.join(f'{v:.4f}' for v in rwc.history.total)}")
+    out = cluster_run(logger.log_dir)
+    print(f"\nClusters of {len(out.result.layers)} layers:\n{out.result.markdown()}")
+    print(f"\nWrote {out.cluster_run} and {out.json_path}.")
+    for path in out.plots:
+        print(f"Plot: {path}")
+    if out.plots_skipped:
+        print(out.plots_skipped)
+    print(f"\nOpen the curves with:\n  tensorboard --logdir {args.out}")
+    return {"fit_seconds": fit_seconds, "accuracy": accuracy, "log_dir": logger.log_dir, "clusters": out}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_rwc.demo``."""
+    parser = argparse.ArgumentParser(prog="python -m lightning_rwc.demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

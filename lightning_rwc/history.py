@@ -1,0 +1,286 @@
+"""The layers x measurements table of RWC values, and reading it back from a run's logs.
+
+:class:`RWCHistory` is the plain data that the callback fills during training and that the clustering reads.
+:func:`load_history` builds one from TensorBoard event files, from a CSV file in the callback's column format (as
+Lightning's ``CSVLogger`` writes it) or from a JSON file written by :meth:`RWCHistory.save`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_rwc.keys import ALL_KEY
+
+FORMAT_VERSION = 1
+EVENT_FILE_MARKER = "tfevents"
+
+
+class RWCHistory:
+    """RWC per layer over time: ``values[i, j]`` is the change of ``layers[i]`` at measurement ``j``.
+
+    Measurements are ordered by ``steps`` (the global step at which each was taken); ``epochs`` holds the epoch of
+    each, or ``-1`` where the source did not record it. A layer that has no value at a measurement (it appeared
+    later, or the source skipped it) holds ``nan`` there. ``total`` is the ``"_all"`` series (all tracked weights as
+    one vector), ``nan`` where unknown.
+
+    Example::
+
+        >>> history = RWCHistory()
+        >>> history.append(step=10, epoch=0, values={"fc.weight": 0.5, "_all": 0.5})
+        >>> history.append(step=20, epoch=1, values={"fc.weight": 0.25, "conv.weight": 0.1, "_all": 0.2})
+        >>> history.layers, history.steps
+        (['fc.weight', 'conv.weight'], [10, 20])
+        >>> history.values.tolist()
+        [[0.5, 0.25], [nan, 0.1]]
+    """
+
+    def __init__(self) -> None:
+        self._layers: dict[str, int] = {}
+        self._steps: list[int] = []
+        self._epochs: list[int] = []
+        self._columns: list[np.ndarray] = []
+        self._total: list[float] = []
+        self._matrix: np.ndarray | None = None
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer (parameter) names, in the order they were first seen."""
+        return list(self._layers)
+
+    @property
+    def steps(self) -> list[int]:
+        """Global step of each measurement."""
+        return list(self._steps)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epoch of each measurement, ``-1`` where unknown."""
+        return list(self._epochs)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The ``(layers, measurements)`` float64 matrix, ``nan`` where a layer has no value."""
+        if self._matrix is None:
+            matrix = np.full((len(self._layers), len(self._columns)), np.nan)
+            for j, column in enumerate(self._columns):
+                matrix[: len(column), j] = column
+            self._matrix = matrix
+        return self._matrix
+
+    @property
+    def total(self) -> np.ndarray:
+        """The ``"_all"`` series, one value per measurement."""
+        return np.asarray(self._total, dtype=np.float64)
+
+    def __len__(self) -> int:
+        """Number of measurements."""
+        return len(self._steps)
+
+    def append(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
+        """Add one measurement: ``{layer: RWC}``, optionally with ``"_all"``; new layers are added as rows."""
+        for name in values:
+            if name != ALL_KEY and name not in self._layers:
+                self._layers[name] = len(self._layers)
+        column = np.full(len(self._layers), np.nan)
+        for name, value in values.items():
+            if name != ALL_KEY:
+                column[self._layers[name]] = value
+        self._steps.append(int(step))
+        self._epochs.append(int(epoch))
+        self._columns.append(column)
+        self._total.append(float(values.get(ALL_KEY, math.nan)))
+        self._matrix = None
+
+    def curve(self, layer: str) -> np.ndarray:
+        """The values of one layer over all measurements."""
+        if layer not in self._layers:
+            raise KeyError(f"No layer {layer!r} in this history; it has {len(self._layers)} layers: {self.layers[:5]}")
+        return self.values[self._layers[layer]]
+
+    @classmethod
+    def from_arrays(
+        cls,
+        layers: Iterable[str],
+        steps: Iterable[int],
+        values: np.ndarray,
+        epochs: Iterable[int] | None = None,
+        total: Iterable[float] | None = None,
+    ) -> RWCHistory:
+        """Build a history from a ``(layers, measurements)`` matrix."""
+        layers, steps = list(layers), [int(s) for s in steps]
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (len(layers), len(steps)):
+            raise ValueError(
+                f"values must have shape (layers, measurements) = ({len(layers)}, {len(steps)}), got {values.shape}"
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError("layer names must be unique")
+        epochs = [-1] * len(steps) if epochs is None else [int(e) for e in epochs]
+        total = [math.nan] * len(steps) if total is None else [float(t) for t in total]
+        if len(epochs) != len(steps) or len(total) != len(steps):
+            raise ValueError(f"epochs and total need one entry per measurement ({len(steps)})")
+        history = cls()
+        history._layers = {name: i for i, name in enumerate(layers)}
+        history._steps, history._epochs, history._total = steps, epochs, total
+        history._columns = [values[:, j].copy() for j in range(len(steps))]
+        return history
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-compatible content (``nan`` as ``None``), as stored in checkpoints and JSON files."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "layers": self.layers,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "values": [[_json_float(v) for v in row] for row in self.values],
+            "total": [_json_float(v) for v in self._total],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RWCHistory:
+        """Inverse of :meth:`to_dict`."""
+        layers = data.get("layers", [])
+        values = np.array(
+            [[math.nan if v is None else v for v in row] for row in data.get("values", [])], dtype=np.float64
+        ).reshape(len(layers), len(data.get("steps", [])))
+        total = [math.nan if v is None else v for v in data.get("total", [])] or None
+        return cls.from_arrays(layers, data.get("steps", []), values, data.get("epochs"), total)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` as JSON, atomically (a reader never sees a half-written file)."""
+        write_atomic(path, json.dumps(self.to_dict()))
+
+
+def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
+    """Read the RWC history of one run.
+
+    Args:
+        path: a run directory with TensorBoard event files (every scalar is read, not a sample) or a Lightning
+            ``CSVLogger`` directory holding ``metrics.csv``; a CSV file with a ``step`` column and one
+            ``{prefix}/{layer}`` column per layer (optionally ``epoch`` and ``{prefix}/_all``); or a JSON file
+            written by :meth:`RWCHistory.save`.
+        prefix: the tag prefix the callback logged under.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist or holds no event file, CSV or JSON.
+        ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass a run directory, a metrics CSV or a history JSON file")
+    if path.is_file():
+        if path.suffix == ".json":
+            return RWCHistory.from_dict(json.loads(path.read_text()))
+        if path.suffix == ".csv":
+            return _from_series(_read_csv(path), prefix, path)
+        if EVENT_FILE_MARKER in path.name:
+            return _from_series(_read_tensorboard(path.parent), prefix, path)
+        raise FileNotFoundError(f"{path} is not a TensorBoard event file, a .csv or a .json file")
+    if any(EVENT_FILE_MARKER in child.name for child in path.iterdir()):
+        return _from_series(_read_tensorboard(path), prefix, path)
+    if (path / "metrics.csv").is_file():
+        return _from_series(_read_csv(path / "metrics.csv"), prefix, path)
+    raise FileNotFoundError(
+        f"{path} holds no TensorBoard event file and no metrics.csv; pass a run directory such as "
+        "lightning_logs/version_0 (find_runs lists the runs below a folder)"
+    )
+
+
+def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list[Path]:
+    """Every directory at or below ``root`` that holds TensorBoard event files or a ``metrics.csv``, sorted.
+
+    Hidden directories and those named in ``exclude_dirs`` (for example the cluster runs this package writes) are
+    not entered.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    skip = set(exclude_dirs)
+    runs = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in skip and not d.startswith("."))
+        if any(EVENT_FILE_MARKER in f for f in files) or "metrics.csv" in files:
+            runs.append(Path(directory))
+    return sorted(runs)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+Series = dict[str, dict[int, float]]
+
+
+def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
+    """Align ``{tag: {step: value}}`` on the union of steps of the ``{prefix}/`` tags."""
+    head = f"{prefix}/"
+    tags = sorted(tag for tag in series if tag.startswith(head))
+    if not tags:
+        prefixes = sorted({tag.split("/", 1)[0] for tag in series if "/" in tag})
+        raise ValueError(
+            f"{source} has no '{head}' values. Tags with a prefix found there: {prefixes or 'none'}. "
+            f"Was the run trained with RelativeWeightChange (log_prefix={prefix!r})? Otherwise pass --prefix."
+        )
+    steps = sorted({step for tag in tags for step in series[tag]})
+    index = {step: j for j, step in enumerate(steps)}
+    layer_tags = [tag for tag in tags if tag != head + ALL_KEY]
+    values = np.full((len(layer_tags), len(steps)), np.nan)
+    for i, tag in enumerate(layer_tags):
+        for step, value in series[tag].items():
+            values[i, index[step]] = value
+    epoch_of = series.get("epoch", {})
+    epochs = [int(epoch_of.get(step, -1)) for step in steps]
+    all_series = series.get(head + ALL_KEY, {})
+    total = [all_series.get(step, math.nan) for step in steps]
+    return RWCHistory.from_arrays([tag[len(head) :] for tag in layer_tags], steps, values, epochs, total)
+
+
+def _read_tensorboard(run_dir: Path) -> Series:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    series: Series = {}
+    for tag in accumulator.Tags().get("scalars", []):
+        # A later event at the same step (a resumed run) replaces the earlier one.
+        series[tag] = {event.step: event.value for event in accumulator.Scalars(tag)}
+    return series
+
+
+def _read_csv(path: Path) -> Series:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "step" not in reader.fieldnames:
+            raise ValueError(f"{path} has no 'step' column; expected the CSVLogger's metrics.csv format")
+        series: Series = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                step = int(float(row["step"]))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}, line {line}: step {row['step']!r} is not a number") from err
+            for key, cell in row.items():
+                if key not in (None, "step") and cell not in (None, ""):
+                    try:
+                        series.setdefault(key, {})[step] = float(cell)
+                    except ValueError as err:
+                        raise ValueError(f"{path}, line {line}: {key} = {cell!r} is not a number") from err
+    return series
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)

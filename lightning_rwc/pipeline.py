@@ -1,0 +1,55 @@
+"""Cluster one logged run end to end: read its history, cluster, write the cluster run, the JSON file and plots."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_rwc.keys import CLUSTER_JSON, DEFAULT_PREFIX
+
+
+@dataclass
+class RunOutput:
+    """What :func:`cluster_run` wrote for one run."""
+
+    run: Path
+    result: Any  # ClusterResult
+    cluster_run: Path
+    json_path: Path
+    plots: list[Path] = field(default_factory=list)
+    plots_skipped: str | None = None
+
+
+def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: bool = True, **options: Any) -> RunOutput:
+    """Cluster the layers of one run and write the results beside it.
+
+    Writes ``<run>/rwc_clusters/`` (a TensorBoard run with the cluster summaries, its custom-scalars layout and,
+    with ``plots``, PNG figures) and ``<run>/rwc_clusters.json``. Both are replaced, never appended to, so running
+    twice gives the same files. ``options`` go to :func:`~lightning_rwc.clustering.cluster_layers`.
+
+    Raises:
+        FileNotFoundError: if the run does not exist or holds no logs.
+        ValueError: if the run holds no RWC values or too few to cluster.
+    """
+    from lightning_rwc.clustering import cluster_layers
+    from lightning_rwc.history import load_history
+    from lightning_rwc.tensorboard import write_cluster_run
+
+    run = Path(run)
+    history = load_history(run, prefix=prefix)
+    result = cluster_layers(history, **options)
+    directory = run if run.is_dir() else run.parent
+    target = write_cluster_run(result, directory)
+    json_path = directory / CLUSTER_JSON
+    result.save_json(json_path)
+    output = RunOutput(run=run, result=result, cluster_run=target, json_path=json_path)
+    if plots:
+        from lightning_rwc.plots import save_plots
+
+        try:
+            output.plots = save_plots(history, result, target)
+        except ModuleNotFoundError as err:
+            output.plots_skipped = str(err)
+    return output

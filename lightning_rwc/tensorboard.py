@@ -1,0 +1,115 @@
+"""TensorBoard output: custom-scalars layouts for the per-layer curves, and the cluster run.
+
+Layouts group tags into charts. ``Multiline`` charts take regular expressions that TensorBoard matches from the
+start of a tag, so every layer name is escaped; ``Margin`` charts take three exact tags (value, lower, upper).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lightning_rwc.keys import ALL_KEY, CLUSTER_PREFIX, CLUSTER_RUN_DIR, DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from lightning_rwc.clustering import ClusterResult
+
+
+def tag_pattern(tag: str) -> str:
+    """A regular expression that matches exactly ``tag`` (TensorBoard matches from the start of the tag)."""
+    return re.escape(tag) + "$"
+
+
+def layer_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Group parameter names by top-level block, after the dotted prefix that all names share.
+
+    Example::
+
+        >>> layer_groups(["model.conv1.weight", "model.layer1.0.conv1.weight", "model.layer1.1.conv1.weight"])
+        {'conv1': ['model.conv1.weight'], 'layer1': ['model.layer1.0.conv1.weight', 'model.layer1.1.conv1.weight']}
+    """
+    parts = [name.split(".") for name in names]
+    shared = 0
+    if len(parts) > 1:
+        while all(len(p) > shared + 1 and p[shared] == parts[0][shared] for p in parts):
+            shared += 1
+    groups: dict[str, list[str]] = {}
+    for name, split in zip(names, parts, strict=True):
+        groups.setdefault(split[min(shared, len(split) - 1)], []).append(name)
+    return groups
+
+
+Layout = dict[str, dict[str, list]]
+"""A custom-scalars layout as ``SummaryWriter.add_custom_scalars`` takes it:
+``{category: {chart title: ["Multiline", [tag regexes]] or ["Margin", [value, lower, upper]]}}``."""
+
+
+def layer_layout(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Layout:
+    r"""The custom-scalars layout of the callback: one chart per top-level block, plus the ``_all`` curve.
+
+    Example::
+
+        >>> layout = layer_layout(["conv1.weight", "layer1.0.conv1.weight", "fc.weight"])
+        >>> charts = layout["relative weight change (rwc)"]
+        >>> list(charts)
+        ['all layers (_all)', 'conv1', 'layer1', 'fc', 'live cluster means']
+        >>> charts["layer1"]
+        ['Multiline', ['rwc/layer1\\.0\\.conv1\\.weight$']]
+    """
+    charts: dict[str, list] = {f"all layers ({ALL_KEY})": ["Multiline", [tag_pattern(f"{prefix}/{ALL_KEY}")]]}
+    for group, members in layer_groups(names).items():
+        charts[group] = ["Multiline", [tag_pattern(f"{prefix}/{name}") for name in members]]
+    charts["live cluster means"] = ["Multiline", [re.escape(f"{CLUSTER_PREFIX}/") + r"\d+/mean$"]]
+    return {f"relative weight change ({prefix})": charts}
+
+
+def cluster_layout(cluster_ids: Iterable[int], prefix: str = CLUSTER_PREFIX) -> Layout:
+    """One ``Margin`` chart per cluster (mean with its quartile band) and one chart of all cluster means."""
+    ids = sorted(cluster_ids)
+    charts: dict[str, list] = {"all cluster means": ["Multiline", [tag_pattern(f"{prefix}/{cid}/mean") for cid in ids]]}
+    for cid in ids:
+        charts[f"cluster {cid}"] = ["Margin", [f"{prefix}/{cid}/{key}" for key in ("mean", "lower", "upper")]]
+    return {"RWC clusters": charts}
+
+
+def write_cluster_run(result: ClusterResult, run_dir: str | os.PathLike, name: str = CLUSTER_RUN_DIR) -> Path:
+    """Write the cluster summaries of ``result`` as a TensorBoard run ``run_dir/name``, replacing an older one.
+
+    The run holds ``rwc_cluster/<id>/{mean,lower,upper}`` at the source steps, the custom-scalars layout of
+    :func:`cluster_layout` and a text listing each cluster's members. It is written into a temporary directory
+    first, so an existing cluster run is only replaced by a complete one.
+
+    Returns:
+        The directory of the cluster run.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    target = Path(run_dir) / name
+    tmp = target.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(tmp))
+    try:
+        writer.add_custom_scalars(cluster_layout(s.cluster_id for s in result.summaries))
+        for summary in result.summaries:
+            for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
+                for step, value in zip(result.steps, curve, strict=True):
+                    writer.add_scalar(f"{CLUSTER_PREFIX}/{summary.cluster_id}/{key}", value, global_step=step)
+        writer.add_text(CLUSTER_PREFIX, result.markdown(), global_step=result.steps[-1] if result.steps else 0)
+    finally:
+        writer.close()
+    replace_dir(tmp, target)
+    return target
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; an existing ``target`` is removed only once ``source`` is in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    source.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
