@@ -152,7 +152,7 @@ class RelativeWeightChange(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step != self._last_step and step % self.every_n_steps == 0:
+        if self.every_n_steps and step > 0 and step != self._last_step and step % self.every_n_steps == 0:
             self._measure(trainer)
 
     @override

@@ -280,19 +280,53 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
     """Per-tensor numerators and denominators, shape ``(2, k)``, with multi-tensor kernels; refreshes ``snapshots``.
 
     The snapshot is turned into ``P - W`` in place, so no memory beyond the snapshot is allocated (except for the
-    ``elementwise`` norm, which needs the element ratios).
+    ``elementwise`` norm, which needs the element ratios). Tensors are reduced in chunks of :data:`CHUNK` elements
+    whose partial norms are summed in float64: one long float32 accumulation (as CPU norm kernels do) loses whole
+    percents on a layer of 100 M weights.
     """
     if norm == "elementwise":
         sums = torch.stack([_elementwise_sums(w, p) for w, p in zip(current, snapshots, strict=True)], dim=1)
         torch._foreach_copy_(snapshots, current)
         return sums
     order = 1 if norm == "l1" else 2
-    denominators = torch._foreach_norm(snapshots, order, dtype=acc)
-    torch._foreach_sub_(snapshots, current)
-    numerators = torch._foreach_norm(snapshots, order, dtype=acc)
-    torch._foreach_copy_(snapshots, current)
-    partials = torch.stack([torch.stack(numerators), torch.stack(denominators)])
-    return partials.square_() if order == 2 else partials
+    w_chunks, owners = _chunks(current)
+    p_chunks, _ = _chunks(snapshots)
+    denominators = torch._foreach_norm(p_chunks, order, dtype=acc)
+    torch._foreach_sub_(p_chunks, w_chunks)
+    numerators = torch._foreach_norm(p_chunks, order, dtype=acc)
+    torch._foreach_copy_(p_chunks, w_chunks)
+    per_chunk = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
+    if order == 2:
+        per_chunk.square_()
+    if len(owners) == len(current):
+        return per_chunk
+    index = torch.tensor(owners, device=per_chunk.device)
+    return per_chunk.new_zeros((2, len(current))).index_add_(1, index, per_chunk)
+
+
+CHUNK = 1 << 16
+"""Elements per chunk of a fused reduction (a float32 sum over this many values stays accurate)."""
+
+
+def _chunks(tensors: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+    """Views of at most :data:`CHUNK` elements that cover ``tensors`` in memory order, and the owner of each view.
+
+    Weights and their snapshot have the same strides, so their chunk lists pair up element by element.
+    """
+    views: list[Tensor] = []
+    owners: list[int] = []
+    for i, t in enumerate(tensors):
+        if t.numel() <= CHUNK:
+            parts: tuple[Tensor, ...] | list[Tensor] = [t]
+        elif t.is_contiguous():
+            parts = t.view(-1).split(CHUNK)
+        elif t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+            parts = t.permute(0, 2, 3, 1).reshape(-1).split(CHUNK)
+        else:
+            parts = [t]
+        views.extend(parts)
+        owners.extend([i] * len(parts))
+    return views, owners
 
 
 def _reduce_streamed(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:

@@ -1,0 +1,262 @@
+"""RelativeWeightChange in real Trainer.fit runs, read back through each logger's own files."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import fit_kwargs, make_tiny_module, reference_rwc, tiny_loader, weights
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+from lightning_rwc import RelativeWeightChange
+
+TRACKED = ["net.conv.weight", "net.head.weight"]
+
+
+class WeightRecorder(Callback):
+    """Copies the tracked weights at the start of training and after every optimizer step (float64)."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.by_step[0] = weights(pl_module, TRACKED)
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.by_step[trainer.global_step] = weights(pl_module, TRACKED)
+
+
+def expected_curves(recorder: WeightRecorder, steps: list[int], norm: str = "l1") -> dict[int, dict[str, float]]:
+    out, previous = {}, 0
+    for step in steps:
+        out[step] = reference_rwc(recorder.by_step[previous], recorder.by_step[step], norm)
+        previous = step
+    return out
+
+
+def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}, acc
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs must be None or a positive integer, got 0"),
+        ({"every_n_steps": -5}, "every_n_steps must be None or a positive integer, got -5"),
+        ({"every_n_epochs": 1.5}, "got 1.5"),
+        ({"every_n_epochs": None}, "Set every_n_epochs or every_n_steps"),
+        ({"norm": "max"}, "norm must be one of"),
+        ({"params": "biases"}, "params must be one of"),
+        ({"include": "[unclosed"}, "include pattern '\\[unclosed' is not a valid"),
+        ({"log_prefix": "a/b"}, "log_prefix must be a non-empty string without '/'"),
+        ({"snapshot_device": "cuda:3"}, "snapshot_device must be None"),
+        ({"cluster_every_n_epochs": 0}, "cluster_every_n_epochs must be None"),
+    ],
+)
+def test_invalid_arguments_are_rejected_in_init(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RelativeWeightChange(**kwargs)
+
+
+def test_fit_logs_every_layer_to_tensorboard_with_reference_values_and_steps(tmp_path):
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange()
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = Trainer(max_epochs=3, callbacks=[recorder, rwc], logger=logger, **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader(n=64, batch_size=16))
+    logger.experiment.flush()
+
+    steps = [4, 8, 12]
+    expected = expected_curves(recorder, steps)
+    scalars, acc = read_scalars(logger.log_dir)
+    assert {tag for tag in scalars if tag.startswith("rwc/")} == {f"rwc/{n}" for n in [*TRACKED, "_all"]}
+    for name in [*TRACKED, "_all"]:
+        logged = scalars[f"rwc/{name}"]
+        assert sorted(logged) == steps
+        for step in steps:
+            assert logged[step] == pytest.approx(expected[step][name], rel=1e-5)
+    assert rwc.history.steps == steps
+    assert rwc.history.epochs == [0, 1, 2]
+    assert rwc.history.values[0].tolist() == pytest.approx([expected[s][TRACKED[0]] for s in steps], rel=1e-6)
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for chart in layout.category[0].chart}
+    assert charts["conv"] == [r"rwc/net\.conv\.weight$"]
+    assert charts["head"] == [r"rwc/net\.head\.weight$"]
+    assert len(acc.Histograms("rwc/distribution")) == 3
+
+
+def test_every_n_steps_counts_optimizer_steps_under_gradient_accumulation(tmp_path):
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=3)
+    trainer = Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        callbacks=[recorder, rwc],
+        logger=CSVLogger(tmp_path),
+        **fit_kwargs(),
+    )
+    trainer.fit(make_tiny_module(), tiny_loader(n=96, batch_size=8))  # 12 batches -> 6 optimizer steps per epoch
+    assert trainer.global_step == 12
+    assert rwc.history.steps == [3, 6, 9, 12]
+    expected = expected_curves(recorder, [3, 6, 9, 12])
+    for j, step in enumerate(rwc.history.steps):
+        assert rwc.history.total[j] == pytest.approx(expected[step]["_all"], rel=1e-5)
+
+
+def test_epoch_and_step_schedules_together_do_not_measure_a_step_twice(tmp_path):
+    rwc = RelativeWeightChange(every_n_epochs=1, every_n_steps=4)
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="found no logger"):
+        trainer.fit(make_tiny_module(), tiny_loader(n=48, batch_size=8))  # 6 steps per epoch
+    assert rwc.history.steps == [4, 6, 8, 12]
+
+
+def test_csv_logger_receives_the_same_values(tmp_path):
+    rwc = RelativeWeightChange(norm="l2")
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=logger, **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader())
+    with open(f"{logger.log_dir}/metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("rwc/_all")]
+    assert [int(row["step"]) for row in rows] == rwc.history.steps
+    for j, row in enumerate(rows):
+        for i, name in enumerate(TRACKED):
+            assert float(row[f"rwc/{name}"]) == pytest.approx(rwc.history.values[i, j], rel=1e-6)
+
+
+def test_several_loggers_receive_the_same_values(tmp_path):
+    rwc = RelativeWeightChange()
+    tb, csv_logger = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=[tb, csv_logger], **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader())
+    tb.experiment.flush()
+    scalars, _ = read_scalars(tb.log_dir)
+    with open(f"{csv_logger.log_dir}/metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("rwc/_all")]
+    assert [float(r["rwc/_all"]) for r in rows] == pytest.approx([scalars["rwc/_all"][s] for s in rwc.history.steps])
+
+
+def test_without_logger_it_measures_keeps_history_and_warns_once(tmp_path):
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="found no logger") as caught:
+        trainer.fit(make_tiny_module(), tiny_loader())
+    assert len([w for w in caught if "found no logger" in str(w.message)]) == 1
+    assert len(rwc.history) == 2
+
+
+def test_sanity_check_and_validation_do_not_measure(tmp_path):
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=CSVLogger(tmp_path), num_sanity_val_steps=2, **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader(), tiny_loader(seed=1))
+    trainer.validate(trainer.lightning_module, tiny_loader(seed=1))
+    assert rwc.history.steps == [8, 16]
+
+
+def test_nan_weights_warn_and_training_goes_on(tmp_path):
+    class Poison(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                with torch.no_grad():
+                    pl_module.net.head.weight[0, 0] = float("nan")
+
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=2, callbacks=[Poison(), rwc], logger=CSVLogger(tmp_path), **fit_kwargs())
+    with pytest.warns(UserWarning, match="'net.head.weight' is nan"):
+        trainer.fit(make_tiny_module(), tiny_loader())
+    assert trainer.current_epoch == 2
+    assert math.isnan(rwc.history.values[1, 0])
+
+
+def test_state_dict_round_trip_keeps_the_history(tmp_path):
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="no logger"):
+        trainer.fit(make_tiny_module(), tiny_loader())
+    restored = RelativeWeightChange()
+    restored.load_state_dict(rwc.state_dict())
+    assert restored.history.steps == rwc.history.steps
+    assert restored.history.values.tolist() == rwc.history.values.tolist()
+    assert restored.history.layers == rwc.history.layers
+
+
+def test_resume_from_checkpoint_continues_the_curves_exactly(tmp_path):
+    def run(max_epochs, ckpt_path=None, recorder=None):
+        torch.manual_seed(0)
+        rwc = RelativeWeightChange()
+        trainer = Trainer(
+            max_epochs=max_epochs,
+            callbacks=[rwc],
+            logger=False,
+            default_root_dir=tmp_path,
+            **{**fit_kwargs(), "enable_checkpointing": True},
+        )
+        with pytest.warns(UserWarning, match="no logger"):
+            trainer.fit(make_tiny_module(), tiny_loader(), ckpt_path=ckpt_path)
+        return trainer, rwc
+
+    _, straight = run(4)
+    first, _ = run(2)
+    ckpt = first.checkpoint_callback.best_model_path
+    _, resumed = run(4, ckpt_path=ckpt)
+    assert resumed.history.steps == straight.history.steps
+    assert resumed.history.values.tolist() == straight.history.values.tolist()
+
+
+def test_two_instances_keep_separate_state():
+    by_epoch, by_steps = RelativeWeightChange(), RelativeWeightChange(every_n_epochs=None, every_n_steps=50)
+    assert by_epoch.state_key != by_steps.state_key
+
+
+def test_live_clustering_logs_cluster_summaries_with_stable_ids(tmp_path):
+    import lightning.pytorch as pl
+    import torchvision
+
+    class Wide(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=10)
+            self.net.conv1 = torch.nn.Conv2d(1, 64, 3, padding=1, bias=False)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    rwc = RelativeWeightChange(cluster_every_n_epochs=1)
+    seen = []
+
+    class Spy(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if rwc.clusters is not None:
+                seen.append(dict(rwc.clusters.labels))
+
+    logger = CSVLogger(tmp_path)
+    trainer = Trainer(max_epochs=5, callbacks=[rwc, Spy()], logger=logger, **fit_kwargs())
+    trainer.fit(Wide(), tiny_loader(n=32, batch_size=16))
+    assert len(seen) == 4  # clustering needs two measurements
+    with open(f"{logger.log_dir}/metrics.csv", newline="") as handle:
+        columns = next(csv.reader(handle))
+    ids = {label for labels in seen for label in labels.values() if label != -1}
+    assert ids and all(f"rwc_cluster/{i}/mean" in columns for i in set(seen[-1].values()) - {-1})
+    # Stable ids: a cluster that keeps most of its members keeps its id.
+    checked = 0
+    for before, after in itertools.pairwise(seen):
+        for cid in set(after.values()) - {-1}:
+            members = {n for n, c in after.items() if c == cid}
+            previous = [before[n] for n in members if before[n] != -1]
+            if previous and max(previous.count(c) for c in set(previous)) > len(members) / 2:
+                assert max(set(previous), key=previous.count) == cid
+                checked += 1
+    assert checked > 0

@@ -1,0 +1,285 @@
+"""WeightChangeTracker: values against a plain float64 re-computation, selection rules, edge cases."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torchvision
+from conftest import reference_rwc, weights
+from torch import nn
+
+import lightning_rwc.tracker as tracker_module
+from lightning_rwc import WeightChangeTracker
+from lightning_rwc.tracker import select_parameters
+
+MODELS = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "vgg11_bn": lambda: torchvision.models.vgg11_bn(num_classes=10),
+}
+
+
+def perturb(model: nn.Module, seed: int, scale: float) -> None:
+    """Move every weight by a known random amount: w <- w * (1 + scale * u) + scale * v."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + scale * torch.randn(p.shape, generator=g)).add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_norm_matches_float64_reference_over_two_steps(arch, norm):
+    torch.manual_seed(0)
+    model = MODELS[arch]()
+    tracker = WeightChangeTracker(model, norm=norm)
+    for seed, scale in ((1, 0.01), (2, 0.003)):
+        before = weights(model, tracker.names)
+        perturb(model, seed, scale)
+        expected = reference_rwc(before, weights(model, tracker.names), norm)
+        got = tracker.step()
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-4), name
+
+
+def test_all_is_the_ratio_over_all_weights_as_one_vector_not_a_sum_of_ratios():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.fill_(10.0)
+    tracker = WeightChangeTracker(model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # |dW| = 4, |W| = 4
+    values = tracker.step()
+    assert values["0.weight"] == pytest.approx(1.0)
+    assert values["1.weight"] == 0.0
+    assert values["_all"] == pytest.approx(4 / 44)
+
+
+def test_weights_selection_tracks_kernels_only_and_trainable_tracks_everything(tiny_net):
+    assert WeightChangeTracker(tiny_net).names == ["conv.weight", "head.weight"]
+    assert WeightChangeTracker(tiny_net, params="trainable").names == [name for name, _ in tiny_net.named_parameters()]
+
+
+def test_frozen_parameters_are_never_tracked(tiny_net):
+    tiny_net.conv.weight.requires_grad_(False)
+    assert WeightChangeTracker(tiny_net, params="trainable").names == [
+        "conv.bias",
+        "bn.weight",
+        "bn.bias",
+        "head.weight",
+        "head.bias",
+    ]
+
+
+def test_tied_weights_are_measured_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(5, 3)
+            self.out = nn.Linear(3, 5, bias=False)
+            self.out.weight = self.embed.weight
+
+    model = Tied()
+    tracker = WeightChangeTracker(model)
+    assert tracker.names == ["embed.weight"]
+    before = weights(model, tracker.names)
+    with torch.no_grad():
+        model.out.weight.mul_(1.25)
+    expected = reference_rwc(before, weights(model, tracker.names), "l1")
+    assert tracker.step() == pytest.approx(expected)
+
+
+def test_include_and_exclude_narrow_the_selection():
+    model = torchvision.models.resnet18()
+    names = WeightChangeTracker(model, include=r"^layer1\.", exclude=["downsample", r"conv2"]).names
+    assert names == ["layer1.0.conv1.weight", "layer1.1.conv1.weight"]
+
+
+def test_nothing_to_track_names_the_filters(tiny_net):
+    with pytest.raises(ValueError, match=r"include='nomatch'.*Loosen"):
+        WeightChangeTracker(tiny_net, include="nomatch")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"norm": "l3"}, "norm must be one of"),
+        ({"params": "all"}, "params must be one of"),
+        ({"include": "("}, "not a valid regular expression"),
+        ({"exclude": [3]}, "exclude must be a regular expression"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_the_bad_value(tiny_net, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WeightChangeTracker(tiny_net, **kwargs)
+
+
+def test_zero_previous_weights_give_nan_and_one_warning_naming_the_layer(tiny_net):
+    with torch.no_grad():
+        tiny_net.conv.weight.zero_()
+    tracker = WeightChangeTracker(tiny_net)
+    with torch.no_grad():
+        tiny_net.conv.weight.fill_(0.5)
+    with pytest.warns(RuntimeWarning, match="'conv.weight' is nan"):
+        values = tracker.step()
+    assert math.isnan(values["conv.weight"])
+    assert values["head.weight"] == 0.0
+    assert math.isfinite(values["_all"])
+    with torch.no_grad():
+        tiny_net.conv.weight.zero_()
+    # Previous weights are 0.5 now: a finite value; set them to zero again and the layer warns no more.
+    tracker.step()
+    with torch.no_grad():
+        tiny_net.conv.weight.fill_(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(tracker.step()["conv.weight"])
+
+
+def test_nan_weights_give_nan_for_that_layer_and_a_warning(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    with torch.no_grad():
+        tiny_net.head.weight[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="'head.weight' is nan"):
+        values = tracker.step()
+    assert math.isnan(values["head.weight"])
+    assert values["conv.weight"] == 0.0
+
+
+def test_inf_weights_give_inf(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    with torch.no_grad():
+        tiny_net.head.weight[0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="'head.weight' is inf"):
+        assert tracker.step()["head.weight"] == math.inf
+
+
+def test_elementwise_leaves_out_elements_whose_previous_value_is_zero():
+    layer = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 2.0]]))
+    tracker = WeightChangeTracker(layer, norm="elementwise")
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[5.0, 3.0]]))
+    assert tracker.step()["weight"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_half_precision_weights_keep_small_differences(dtype, norm):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512)).to(dtype)
+    tracker = WeightChangeTracker(model, norm=norm)
+    before = weights(model, tracker.names)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p * 2**-7 * torch.randint(-1, 2, p.shape, dtype=dtype))  # one ulp-sized step up or down
+    expected = reference_rwc(before, weights(model, tracker.names), norm)
+    got = tracker.step()
+    assert expected["0.weight"] > 0.001
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], rel=1e-3)
+
+
+def test_one_device_to_host_transfer_per_measurement(monkeypatch):
+    calls = []
+    original = tracker_module.to_host
+
+    def counting(partials):
+        calls.append(partials.shape)
+        return original(partials)
+
+    monkeypatch.setattr(tracker_module, "to_host", counting)
+    model = torchvision.models.resnet18()
+    tracker = WeightChangeTracker(model)
+    perturb(model, 0, 0.01)
+    tracker.step()
+    tracker.step()
+    assert calls == [(2, len(tracker.names))] * 2
+
+
+def test_no_per_layer_item_calls(monkeypatch):
+    model = torchvision.models.resnet18()
+    tracker = WeightChangeTracker(model)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a per-value .item() forces a sync per layer")
+
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    assert len(tracker.step()) == len(tracker.names) + 1
+
+
+def test_snapshot_is_one_copy_refreshed_in_place(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    tracked = dict(tiny_net.named_parameters())
+    assert tracker.snapshot_bytes == sum(tracked[n].numel() * 4 for n in tracker.names)
+    pointers = [t.snapshot.data_ptr() for t in tracker._tensors.values()]
+    perturb(tiny_net, 0, 0.1)
+    tracker.step()
+    assert [t.snapshot.data_ptr() for t in tracker._tensors.values()] == pointers
+    assert tracker.step() == {name: 0.0 for name in [*tracker.names, "_all"]}
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+def test_snapshot_in_host_memory_gives_the_same_values(norm):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    default = WeightChangeTracker(model, norm=norm)
+    on_host = WeightChangeTracker(model, norm=norm, snapshot_device="cpu")
+    for seed in (1, 2):
+        perturb(model, seed, 0.01)
+        assert on_host.step() == pytest.approx(default.step(), rel=1e-6)
+
+
+def test_parameters_that_appear_or_disappear_start_and_end_their_curves(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    tiny_net.extra = nn.Linear(3, 3)
+    perturb(tiny_net, 0, 0.1)
+    first = tracker.step()
+    assert "extra.weight" not in first and "head.weight" in first
+    perturb(tiny_net, 1, 0.1)
+    assert "extra.weight" in tracker.step()
+    del tiny_net.head
+    assert set(tracker.step()) == {"conv.weight", "extra.weight", "_all"}
+
+
+def test_reset_makes_the_current_weights_the_baseline(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    perturb(tiny_net, 0, 0.1)
+    tracker.reset()
+    assert tracker.step()["_all"] == 0.0
+
+
+def test_select_parameters_is_usable_alone(tiny_net):
+    assert [n for n, _ in select_parameters(tiny_net, "trainable")] == [n for n, _ in tiny_net.named_parameters()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("snapshot_device", [None, "cpu"])
+def test_on_gpu_matches_reference_without_per_layer_syncs(snapshot_device):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().cuda()
+    tracker = WeightChangeTracker(model, snapshot_device=snapshot_device)
+    before = weights(model, tracker.names)
+    perturb_gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, device="cuda", generator=perturb_gen))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = tracker.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 1, [str(w.message) for w in syncs]
+    expected = reference_rwc(before, weights(model, tracker.names), "l1")
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-4), name
