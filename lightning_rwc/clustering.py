@@ -160,7 +160,8 @@ def cluster_layers(
         features: ``"magnitude"`` (log curves as they are) or ``"shape"`` (log curves z-scored per layer).
         reduction: ``"pca"`` (components kept up to ``explained_variance``, at most ``max_components``),
             ``"none"``, or ``"umap"`` (needs the ``umap-learn`` package).
-        method: ``"hdbscan"`` (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"``.
+        method: ``"hdbscan"`` (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"`` (every
+            layer gets a cluster, as in the original recipe).
         n_clusters: k for k-means; ``None`` picks it by the best silhouette for k in 2..10.
         min_cluster_size: HDBSCAN's smallest cluster; ``None`` uses ``max(3, min(100, layers // 20))``.
         max_components: most PCA components kept.
@@ -355,20 +356,23 @@ def _hdbscan(embedding: np.ndarray, min_cluster_size: int) -> np.ndarray:
 def _kmeans(embedding: np.ndarray, n_clusters: int | None, seed: int) -> tuple[np.ndarray, int]:
     from sklearn.cluster import KMeans
 
+    def fit(k: int) -> np.ndarray:
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(embedding)
+
     if n_clusters is not None:
         if n_clusters >= len(embedding):
             raise ValueError(f"n_clusters={n_clusters} needs more layers than the {len(embedding)} clustered")
-        return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(embedding), n_clusters
+        return fit(n_clusters), n_clusters
+    distinct = len(np.unique(embedding, axis=0))
+    if distinct < 2:
+        return np.zeros(len(embedding), dtype=int), 1
     best: tuple[float, np.ndarray, int] | None = None
-    for k in range(2, min(10, len(embedding) - 1) + 1):
-        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(embedding)
+    for k in range(2, min(10, distinct, len(embedding) - 1) + 1):
+        labels = fit(k)
         score = _silhouette(embedding, labels, seed)
         if score is not None and (best is None or score > best[0] + 1e-9):
             best = (score, labels, k)
-    if best is None:
-        labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(embedding)
-        return labels, 2
-    return best[1], best[2]
+    return (best[1], best[2]) if best is not None else (fit(2), 2)
 
 
 def _silhouette(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float | None:

@@ -101,3 +101,52 @@ def fit_kwargs() -> dict:
         "enable_checkpointing": False,
         "deterministic": True,
     }
+
+
+FAMILIES = ("fast decay", "slow decay", "rise and fall", "flat")
+
+
+def planted_curves(per_family: int = 75, measurements: int = 30, outliers: int = 6, seed: int = 0):
+    """RWC-like curves from four trend families with noise, plus a few outlier layers.
+
+    Returns layer names, the family index of each layer (-1 for outliers) and the (layers, measurements) values.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(1, measurements + 1, dtype=float)
+    shapes = [
+        0.1 * np.exp(-t / 3) + 1e-4,  # fast decay
+        0.01 * np.exp(-t / 30),  # slow decay
+        0.05 * (t / 10) * np.exp(1 - t / 10),  # rising then falling
+        np.full_like(t, 3e-4),  # flat
+    ]
+    names, family, rows = [], [], []
+    for f, shape in enumerate(shapes):
+        for i in range(per_family):
+            scale = rng.lognormal(0.0, 0.15)
+            rows.append(shape * scale * rng.lognormal(0.0, 0.1, size=t.size))
+            names.append(f"family{f}.block{i}.weight")
+            family.append(f)
+    for i in range(outliers):
+        rows.append(10 ** rng.uniform(-5, 0, size=t.size))
+        names.append(f"outlier{i}.weight")
+        family.append(-1)
+    order = rng.permutation(len(names))
+    return [names[i] for i in order], np.array(family)[order], np.array(rows)[order]
+
+
+def write_tensorboard_run(run_dir, names, values, steps=None, prefix="rwc"):
+    """Write values in the callback's format: scalars {prefix}/{name} and {prefix}/_all at the given steps."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    steps = list(range(10, 10 * (values.shape[1] + 1), 10)) if steps is None else steps
+    writer = SummaryWriter(log_dir=str(run_dir))
+    for j, step in enumerate(steps):
+        for i, name in enumerate(names):
+            if values[i, j] == values[i, j]:  # skip nan: the layer was not measured then
+                writer.add_scalar(f"{prefix}/{name}", values[i, j], global_step=step)
+        writer.add_scalar(f"{prefix}/_all", float(np.nanmean(values[:, j])), global_step=step)
+    writer.close()
+    return steps

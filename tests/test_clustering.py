@@ -1,0 +1,194 @@
+"""cluster_layers: recovery of planted trend families, the feature rule, stable ids, errors, odd inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import planted_curves
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.metrics import adjusted_rand_score
+
+from lightning_rwc.clustering import cluster_layers, match_labels, prepare_curves
+from lightning_rwc.history import RWCHistory
+
+
+def planted_history(**kwargs):
+    names, family, values = planted_curves(**kwargs)
+    return RWCHistory.from_arrays(names, range(values.shape[1]), values), dict(zip(names, family, strict=True))
+
+
+def ari(result, family):
+    layers = [n for n in result.layers if family[n] != -1]
+    return adjusted_rand_score([family[n] for n in layers], [result.labels[n] for n in layers])
+
+
+@pytest.mark.parametrize(
+    "options", [{"method": "hdbscan"}, {"method": "kmeans"}, {"method": "kmeans", "n_clusters": 4}]
+)
+def test_planted_families_are_recovered(options):
+    history, family = planted_history()
+    result = cluster_layers(history, **options)
+    assert ari(result, family) >= 0.9
+    assert result.n_clusters == 4
+    assert result.silhouette is not None and result.silhouette > 0.5
+
+
+def test_shape_features_group_the_same_trend_at_different_scales():
+    t = np.arange(1, 21, dtype=float)
+    rng = np.random.default_rng(0)
+    rows, truth = [], []
+    for i in range(40):
+        scale = 10.0 ** rng.uniform(-4, -1)
+        trend = np.exp(-t / 3) if i % 2 else np.exp(t / 10)
+        rows.append(scale * trend * rng.lognormal(0, 0.02, t.size))
+        truth.append(i % 2)
+    history = RWCHistory.from_arrays([f"l{i}" for i in range(40)], t, np.array(rows))
+    shape = cluster_layers(history, features="shape", method="kmeans")
+    assert adjusted_rand_score(truth, [shape.labels[f"l{i}"] for i in range(40)]) == 1.0
+
+
+def test_results_are_deterministic_for_a_seed():
+    history, _ = planted_history(per_family=30)
+    a, b = cluster_layers(history, method="kmeans", seed=3), cluster_layers(history, method="kmeans", seed=3)
+    assert a.labels == b.labels
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+
+
+def test_summaries_are_mean_and_quartiles_of_the_members():
+    history, _ = planted_history(per_family=20, outliers=0)
+    result = cluster_layers(history, method="kmeans", n_clusters=4)
+    for summary in result.summaries:
+        rows = np.array([history.curve(name) for name in summary.members])
+        np.testing.assert_allclose(summary.mean, rows.mean(axis=0))
+        np.testing.assert_allclose(summary.lower, np.percentile(rows, 25, axis=0))
+        np.testing.assert_allclose(summary.upper, np.percentile(rows, 75, axis=0))
+        depths = [result.depth[n] for n in summary.members]
+        assert summary.depth_range == (min(depths), max(depths))
+    assert sum(len(s.members) for s in result.summaries) == 80
+    assert [s.cluster_id for s in result.summaries] == [0, 1, 2, 3]
+    firsts = [min(result.depth[n] for n in s.members) for s in result.summaries]
+    assert firsts == sorted(firsts)  # ids follow depth
+
+
+def test_feature_rule_excludes_fills_and_floors():
+    values = np.array(
+        [
+            [0.1, np.nan, 0.4, np.inf],  # two filled
+            [np.nan, np.nan, 0.2, np.nan],  # one finite value: excluded
+            [0.0, 0.01, 0.02, 0.04],  # zero floored to a tenth of the smallest positive value
+        ]
+    )
+    curves, kept, excluded, imputed = prepare_curves(values, ["a", "b", "c"])
+    assert kept == [0, 2]
+    assert excluded == {"b": "1 finite value(s) of 4"}
+    assert imputed == {"a": 2, "c": 1}
+    np.testing.assert_allclose(curves[0], [0.1, 10 ** np.mean(np.log10([0.1, 0.4])), 0.4, 0.4])
+    np.testing.assert_allclose(curves[1], [0.001, 0.01, 0.02, 0.04])
+
+
+def test_nan_and_inf_layers_are_reported_not_fatal():
+    history, _ = planted_history(per_family=20, outliers=0)
+    values = history.values.copy()
+    values[0] = np.nan
+    values[1, 3] = np.inf
+    broken = RWCHistory.from_arrays(history.layers, history.steps, values)
+    result = cluster_layers(broken, method="kmeans")
+    assert history.layers[0] in result.excluded and history.layers[0] not in result.labels
+    assert result.imputed[history.layers[1]] == 1
+
+
+def test_match_labels_keeps_ids_of_clusters_that_keep_their_members():
+    names = ["a", "b", "c", "d", "e", "f"]
+    previous = {"a": 0, "b": 0, "c": 1, "d": 1, "e": -1, "f": 2}
+    labels = np.array([1, 1, 0, 0, 0, 2])  # same groups, different numbering, f now alone in a new cluster
+    relabelled = match_labels(names, labels, previous)
+    assert relabelled.tolist() == [0, 0, 1, 1, 1, 2]
+    fresh = match_labels(names, np.array([5, 5, 5, -1, -1, -1]), {"a": -1})
+    assert fresh.tolist() == [0, 0, 0, -1, -1, -1]
+
+
+def test_previous_result_gives_stable_ids_across_reclusterings():
+    history, _ = planted_history(per_family=25)
+    first = cluster_layers(history, method="kmeans", n_clusters=4)
+    shuffled = RWCHistory.from_arrays(history.layers[::-1], history.steps, history.values[::-1])
+    second = cluster_layers(shuffled, method="kmeans", n_clusters=4, previous=first)
+    assert second.labels == first.labels
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "dbscan"}, "method must be one of"),
+        ({"features": "raw"}, "features must be one of"),
+        ({"reduction": "tsne"}, "reduction must be one of"),
+        ({"n_clusters": 1}, "n_clusters must be at least 2"),
+        ({"explained_variance": 0}, "explained_variance must be in"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    history, _ = planted_history(per_family=5)
+    with pytest.raises(ValueError, match=message):
+        cluster_layers(history, **kwargs)
+
+
+def test_too_few_measurements_or_layers_is_a_clear_error():
+    one = RWCHistory.from_arrays(["a", "b", "c"], [1], np.ones((3, 1)))
+    with pytest.raises(ValueError, match="at least 2 measurements per layer; this history has 1"):
+        cluster_layers(one)
+    two_layers = RWCHistory.from_arrays(["a", "b"], [1, 2], np.ones((2, 2)))
+    with pytest.raises(ValueError, match="at least 3 layers.*2 of 2 qualify"):
+        cluster_layers(two_layers)
+    history, _ = planted_history(per_family=1, outliers=0)
+    with pytest.raises(ValueError, match="n_clusters=4 needs more layers"):
+        cluster_layers(history, method="kmeans", n_clusters=4)
+
+
+def test_umap_without_the_package_says_how_to_install_it():
+    pytest.importorskip("sklearn")
+    try:
+        import umap  # noqa: F401
+
+        pytest.skip("umap-learn is installed")
+    except ImportError:
+        pass
+    history, _ = planted_history(per_family=5)
+    with pytest.raises(ModuleNotFoundError, match="pip install umap-learn"):
+        cluster_layers(history, reduction="umap")
+
+
+def test_to_dict_holds_labels_summaries_quality_and_params():
+    history, family = planted_history(per_family=20)
+    data = cluster_layers(history).to_dict()
+    assert data["format_version"] == 1
+    assert set(data["labels"]) == set(history.layers)
+    assert data["params"]["method"] == "hdbscan"
+    assert data["quality"]["n_clusters"] == len(data["clusters"])
+    assert sorted(data["noise"]) == sorted(n for n, c in data["labels"].items() if c == -1)
+    assert all(len(c["mean"]) == len(history) for c in data["clusters"])
+
+
+odd_values = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 12), st.integers(1, 8)),
+    elements=st.one_of(
+        st.floats(0, 10, allow_nan=False),
+        st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e-300, 1e300]),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=odd_values, method=st.sampled_from(["hdbscan", "kmeans"]), features=st.sampled_from(["magnitude", "shape"]))
+def test_odd_inputs_give_a_result_or_a_documented_error(values, method, features):
+    history = RWCHistory.from_arrays([f"l{i}" for i in range(values.shape[0])], range(values.shape[1]), values)
+    try:
+        result = cluster_layers(history, method=method, features=features)
+    except ValueError as err:
+        assert "at least 2 measurements" in str(err) or "at least 3 layers" in str(err)
+        return
+    assert set(result.labels) | set(result.excluded) == set(history.layers)
+    assert np.isfinite(result.embedding).all()
+    assert 0.0 <= result.noise_fraction <= 1.0
+    result.markdown()

@@ -1,0 +1,67 @@
+"""The demo: data readers and a short end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from lightning_rwc.demo import add_arguments, load_fashion_mnist_arrays, read_idx, resnet18_for_small_grey_images
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_is_read_from_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (n, 28, 28)) for s, n in (("train", 6), ("t10k", 3))}
+    labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
+    for split in images:
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images[split])
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels[split])
+    arrays = load_fashion_mnist_arrays(tmp_path)
+    x, y = arrays["train"]
+    assert x.shape == (6, 1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0] * 255, images["train"], atol=1e-4)
+    np.testing.assert_array_equal(arrays["test"][1], labels["t10k"])
+
+
+def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist_arrays(tmp_path)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    (tmp_path / "x").write_bytes(b"\x01\x02\x03\x04rest")
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        read_idx(tmp_path / "x")
+
+
+def test_adapted_resnet18_keeps_small_images_alive():
+    import torch
+
+    model = resnet18_for_small_grey_images()
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_demo_trains_logs_and_clusters(tmp_path, capsys):
+    from lightning_rwc.demo import run_demo
+    from lightning_rwc.history import load_history
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--epochs", "3", "--limit", "256", "--out", str(tmp_path)])
+    summary = run_demo(args)
+    history = load_history(summary["log_dir"])
+    assert len(history) == 3 and len(history.layers) == 21
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    out = capsys.readouterr().out
+    assert f"tensorboard --logdir {tmp_path}" in out
+    assert summary["clusters"].json_path.is_file()

@@ -1,0 +1,119 @@
+"""RWCHistory and load_history: alignment on steps, round trips, readers and their errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import write_tensorboard_run
+
+from lightning_rwc.history import RWCHistory, find_runs, load_history
+
+
+def test_append_adds_new_layers_as_rows_with_nan_before_their_first_value():
+    history = RWCHistory()
+    history.append(5, 0, {"a": 1.0, "_all": 1.0})
+    history.append(9, 1, {"a": 0.5, "b": 0.25, "_all": 0.4})
+    assert history.layers == ["a", "b"]
+    assert history.steps == [5, 9]
+    assert history.epochs == [0, 1]
+    np.testing.assert_array_equal(history.values, [[1.0, 0.5], [np.nan, 0.25]])
+    np.testing.assert_array_equal(history.total, [1.0, 0.4])
+    np.testing.assert_array_equal(history.curve("b"), [np.nan, 0.25])
+    with pytest.raises(KeyError, match="No layer 'c'"):
+        history.curve("c")
+
+
+def test_dict_and_json_round_trips_keep_nan_and_inf(tmp_path):
+    history = RWCHistory.from_arrays(["a", "b"], [1, 2], np.array([[0.1, np.nan], [np.inf, 0.2]]), [0, 1], [0.3, 0.4])
+    again = RWCHistory.from_dict(json.loads(json.dumps(history.to_dict())))
+    np.testing.assert_array_equal(again.values, history.values)
+    history.save(tmp_path / "h.json")
+    loaded = load_history(tmp_path / "h.json")
+    np.testing.assert_array_equal(loaded.values, history.values)
+    assert (loaded.layers, loaded.steps, loaded.epochs) == (["a", "b"], [1, 2], [0, 1])
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_from_arrays_checks_shapes():
+    with pytest.raises(ValueError, match=r"shape \(layers, measurements\) = \(2, 3\), got \(2, 2\)"):
+        RWCHistory.from_arrays(["a", "b"], [1, 2, 3], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="unique"):
+        RWCHistory.from_arrays(["a", "a"], [1], np.zeros((2, 1)))
+
+
+def test_tensorboard_runs_are_read_completely_and_aligned_on_steps(tmp_path):
+    n = 12000  # more points than TensorBoard's default reservoir keeps per tag
+    values = np.vstack([np.linspace(1, 2, n), np.linspace(3, 4, n)])
+    values[1, :100] = np.nan  # layer b appears later
+    steps = write_tensorboard_run(tmp_path, ["a", "b"], values, steps=list(range(n)))
+    history = load_history(tmp_path)
+    assert history.layers == ["a", "b"]
+    assert history.steps == steps
+    np.testing.assert_allclose(history.values, values.astype(np.float32), equal_nan=True)
+    assert history.total[0] == pytest.approx(1.0)  # only a measured at step 0
+
+
+def test_csv_in_the_csv_logger_format_is_read(tmp_path):
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "rwc/_all", "rwc/a", "rwc/b", "train_loss"])
+        writer.writerow([0, 4, 0.5, 0.4, 0.6, ""])
+        writer.writerow([0, 4, "", "", "", 2.3])
+        writer.writerow([1, 8, 0.2, 0.1, "", ""])
+    history = load_history(tmp_path)
+    assert history.layers == ["a", "b"]
+    assert history.steps == [4, 8]
+    assert history.epochs == [0, 1]
+    np.testing.assert_array_equal(history.values, [[0.4, 0.1], [0.6, np.nan]])
+    np.testing.assert_array_equal(history.total, [0.5, 0.2])
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_history(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event file and no metrics.csv"):
+        load_history(tmp_path)
+
+
+def test_a_run_without_rwc_values_lists_the_prefixes_it_has(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("train/loss", 1.0, 0)
+        writer.add_scalar("val/acc", 0.5, 0)
+    with pytest.raises(ValueError, match=r"no 'rwc/' values.*\['train', 'val'\]"):
+        load_history(tmp_path)
+    with pytest.raises(ValueError, match="no 'other/' values"):
+        load_history(tmp_path, prefix="other")
+
+
+def test_bad_csv_is_a_clear_error(tmp_path):
+    (tmp_path / "a.csv").write_text("x,rwc/a\n1,2\n")
+    with pytest.raises(ValueError, match="no 'step' column"):
+        load_history(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("step,rwc/a\n1,abc\n")
+    with pytest.raises(ValueError, match="line 2: rwc/a = 'abc' is not a number"):
+        load_history(tmp_path / "b.csv")
+    (tmp_path / "c.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match="not a TensorBoard event file"):
+        load_history(tmp_path / "c.txt")
+
+
+def test_find_runs_skips_hidden_and_excluded_directories(tmp_path):
+    for run in ("a/version_0", "a/version_1", "a/version_0/rwc_clusters", "a/.tmp"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "events.out.tfevents.1").write_bytes(b"")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.csv").write_text("step\n")
+    runs = find_runs(tmp_path, exclude_dirs=["rwc_clusters"])
+    assert [r.relative_to(tmp_path).as_posix() for r in runs] == ["a/version_0", "a/version_1", "b"]
+
+
+def test_total_defaults_to_nan_when_unknown():
+    history = RWCHistory.from_arrays(["a"], [1], np.ones((1, 1)))
+    assert math.isnan(history.total[0]) and history.epochs == [-1]

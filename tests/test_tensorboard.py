@@ -1,0 +1,134 @@
+"""The cluster run and layouts, read back with TensorBoard's own reader and served by a real tensorboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import planted_curves
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+from lightning_rwc.clustering import cluster_layers
+from lightning_rwc.history import RWCHistory
+from lightning_rwc.tensorboard import layer_groups, tag_pattern, write_cluster_run
+
+
+def read_run(path):
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return scalars, layout, acc
+
+
+@pytest.fixture
+def clustered(tmp_path):
+    names, _, values = planted_curves(per_family=10, measurements=12, outliers=0)
+    history = RWCHistory.from_arrays(names, range(100, 1300, 100), values)
+    result = cluster_layers(history, method="kmeans", n_clusters=4)
+    return tmp_path, history, result
+
+
+def test_cluster_run_holds_summaries_layout_and_text(clustered):
+    run_dir, history, result = clustered
+    target = write_cluster_run(result, run_dir)
+    assert target == run_dir / "rwc_clusters"
+    scalars, layout, acc = read_run(target)
+    assert set(scalars) == {f"rwc_cluster/{c}/{k}" for c in range(4) for k in ("mean", "lower", "upper")}
+    for summary in result.summaries:
+        for key in ("mean", "lower", "upper"):
+            series = scalars[f"rwc_cluster/{summary.cluster_id}/{key}"]
+            assert [s for s, _ in series] == history.steps
+            np.testing.assert_allclose([v for _, v in series], getattr(summary, key), rtol=1e-6)
+    charts = {chart.title: chart for chart in layout.category[0].chart}
+    assert set(charts) == {"all cluster means", "cluster 0", "cluster 1", "cluster 2", "cluster 3"}
+    margin = charts["cluster 2"].margin.series[0]
+    assert (margin.value, margin.lower, margin.upper) == ("rwc_cluster/2/mean", "rwc_cluster/2/lower", "rwc_cluster/2/upper")
+    assert list(charts["all cluster means"].multiline.tag) == [tag_pattern(f"rwc_cluster/{c}/mean") for c in range(4)]
+    assert "cluster 0" in acc.Tensors("rwc_cluster/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_rewriting_replaces_the_cluster_run_instead_of_duplicating_curves(clustered):
+    run_dir, _, result = clustered
+    write_cluster_run(result, run_dir)
+    write_cluster_run(result, run_dir)
+    assert len(list((run_dir / "rwc_clusters").glob("events.out.tfevents.*"))) == 1
+    scalars, _, _ = read_run(run_dir / "rwc_clusters")
+    assert len(scalars["rwc_cluster/0/mean"]) == len(result.steps)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["rwc_clusters"]
+
+
+def test_tag_patterns_escape_regex_characters():
+    import re
+
+    tag = "rwc/blocks.0.attn[1].qkv(weight)"
+    assert re.match(tag_pattern(tag), tag)
+    assert not re.match(tag_pattern(tag), "rwc/blocks.0.attn[1].qkv(weight)x")
+    assert not re.match(tag_pattern("rwc/a.b"), "rwc/aXb")
+
+
+def test_layer_groups_follow_top_level_blocks():
+    assert layer_groups(["embed.weight", "blocks.0.w", "blocks.1.w", "head"]) == {
+        "embed": ["embed.weight"],
+        "blocks": ["blocks.0.w", "blocks.1.w"],
+        "head": ["head"],
+    }
+    assert layer_groups(["only.weight"]) == {"only": ["only.weight"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_real_tensorboard_serves_the_cluster_layout_with_existing_tags(clustered):
+    run_dir, _, result = clustered
+    write_cluster_run(result, run_dir)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/data"
+        deadline = time.monotonic() + 60
+        layout = {}
+        while not layout.get("category") and time.monotonic() < deadline:
+            layout = _get(f"{base}/plugin/custom_scalars/layout")
+            time.sleep(0.5)
+        charts = layout["category"][0]["chart"]
+        margins = [c for c in charts if "margin" in c]
+        assert len(margins) == result.n_clusters
+        tags = _get(f"{base}/plugin/scalars/tags")
+        existing = {tag for run in tags.values() for tag in run}
+        for chart in margins:
+            series = chart["margin"]["series"][0]
+            assert {series["value"], series["lower"], series["upper"]} <= existing
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
