@@ -180,7 +180,11 @@ odd_values = arrays(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=odd_values, method=st.sampled_from(["hdbscan", "kmeans"]), features=st.sampled_from(["magnitude", "shape"]))
+@given(
+    values=odd_values,
+    method=st.sampled_from(["hdbscan", "kmeans"]),
+    features=st.sampled_from(["magnitude", "shape"]),
+)
 def test_odd_inputs_give_a_result_or_a_documented_error(values, method, features):
     history = RWCHistory.from_arrays([f"l{i}" for i in range(values.shape[0])], range(values.shape[1]), values)
     try:

@@ -52,7 +52,7 @@ def test_cluster_run_holds_summaries_layout_and_text(clustered):
     charts = {chart.title: chart for chart in layout.category[0].chart}
     assert set(charts) == {"all cluster means", "cluster 0", "cluster 1", "cluster 2", "cluster 3"}
     margin = charts["cluster 2"].margin.series[0]
-    assert (margin.value, margin.lower, margin.upper) == ("rwc_cluster/2/mean", "rwc_cluster/2/lower", "rwc_cluster/2/upper")
+    assert [margin.value, margin.lower, margin.upper] == [f"rwc_cluster/2/{k}" for k in ("mean", "lower", "upper")]
     assert list(charts["all cluster means"].multiline.tag) == [tag_pattern(f"rwc_cluster/{c}/mean") for c in range(4)]
     assert "cluster 0" in acc.Tensors("rwc_cluster/text_summary")[0].tensor_proto.string_val[0].decode()
 
@@ -109,7 +109,8 @@ def test_a_real_tensorboard_serves_the_cluster_layout_with_existing_tags(cluster
     write_cluster_run(result, run_dir)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1"]
+        + ["--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
