@@ -254,7 +254,7 @@ def prepare_curves(
     values = np.asarray(values, dtype=np.float64)
     usable = np.isfinite(values) & (values >= 0)
     positive = values[usable & (values > 0)]
-    floor = positive.min() / 10 if positive.size else 1e-12
+    floor = max(positive.min() / 10, np.finfo(np.float64).tiny) if positive.size else 1e-12
     kept, excluded, imputed, rows = [], {}, {}, []
     index = np.arange(values.shape[1])
     for i, name in enumerate(layers):

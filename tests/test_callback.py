@@ -260,3 +260,17 @@ def test_live_clustering_logs_cluster_summaries_with_stable_ids(tmp_path):
                 assert max(set(previous), key=previous.count) == cid
                 checked += 1
     assert checked > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_gpu_matches_the_reference(tmp_path):
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange()
+    kwargs = {**fit_kwargs(), "accelerator": "cuda"}
+    trainer = Trainer(max_epochs=2, callbacks=[recorder, rwc], logger=CSVLogger(tmp_path), **kwargs)
+    trainer.fit(make_tiny_module(), tiny_loader(n=64, batch_size=16))
+    expected = expected_curves(recorder, [4, 8])
+    for j, step in enumerate(rwc.history.steps):
+        for i, name in enumerate(TRACKED):
+            assert rwc.history.values[i, j] == pytest.approx(expected[step][name], rel=1e-4)

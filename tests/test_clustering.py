@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import planted_curves
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import adjusted_rand_score
@@ -180,6 +180,7 @@ odd_values = arrays(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(values=np.array([[5e-324, 1.0], [1.0, 2.0], [3.0, 1.0]]), method="kmeans", features="magnitude")
 @given(
     values=odd_values,
     method=st.sampled_from(["hdbscan", "kmeans"]),

@@ -1,0 +1,286 @@
+"""Benchmarks of lightning-rwc: ``python -m benchmarks.run [--device cuda] [--smoke] [--out FILE]``.
+
+Every ratio is measured side by side in one process:
+
+1. one measurement (``tracker.step()``, snapshot refresh included) against a bandwidth bound timed the same way: a
+   ``copy_`` of the tracked weights into a buffer of the same size (reads the weights, writes the snapshot);
+2. the same against the naive loop users write by hand (one reduction and ``.item()`` per layer, as the original
+   code did with one NumPy copy per layer);
+3. the epoch-time overhead of the callback in a real ``Trainer.fit`` (interleaved runs);
+4. the memory of the snapshot against the tracked weights;
+5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import date
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_rwc.tracker import WeightChangeTracker, select_parameters
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
+    """A median timer in milliseconds: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def run(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return run
+
+
+def many_small_layers(n: int = 1200, width: int = 64) -> nn.Module:
+    """A synthetic stack of many small linear layers (the many-tensors case)."""
+    return nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(n)])
+
+
+def models(smoke: bool) -> dict[str, Callable[[], nn.Module]]:
+    import torchvision
+
+    if smoke:
+        return {"resnet18": torchvision.models.resnet18, "stack-50x64": lambda: many_small_layers(50)}
+    return {
+        "resnet18": torchvision.models.resnet18,
+        "resnet50": torchvision.models.resnet50,
+        "resnet152": torchvision.models.resnet152,
+        "vit_b_16": torchvision.models.vit_b_16,
+        "stack-1200x64": many_small_layers,
+    }
+
+
+def naive_step(current: list[torch.Tensor], previous: list[torch.Tensor]) -> dict[int, float]:
+    """What users write by hand: per layer a reduction, an ``.item()`` and a snapshot copy."""
+    out = {}
+    for i, (w, p) in enumerate(zip(current, previous, strict=True)):
+        out[i] = ((w - p).abs().sum() / p.abs().sum()).item()
+        p.copy_(w)
+    return out
+
+
+def numpy_step(current: list[torch.Tensor], previous: list[np.ndarray]) -> dict[int, float]:
+    """The original code's way: copy every weight to NumPy, then compute on the CPU."""
+    out = {}
+    for i, (w, p) in enumerate(zip(current, previous, strict=True)):
+        now = w.detach().cpu().numpy()
+        out[i] = float(np.abs(now - p).sum() / np.abs(p).sum())
+        previous[i] = now.copy()
+    return out
+
+
+def bench_kernel(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
+    rows = []
+    measure = timer(device)
+    for name, build in models(smoke).items():
+        model = build().to(device)
+        params = [p.detach() for _, p in select_parameters(model)]
+        buffer = [p.clone() for p in params]
+        nbytes = sum(p.numel() * p.element_size() for p in params)
+        bound = measure(lambda b=buffer, p=params: torch._foreach_copy_(b, p), repeats, 3)
+        row = {"model": name, "tensors": len(params), "MB": nbytes / 1e6, "copy_ms": bound}
+        for norm in ("l1", "l2", "elementwise"):
+            tracker = WeightChangeTracker(model, norm=norm)
+            row[f"{norm}_ms"] = measure(tracker.step, repeats, 3)
+            del tracker
+        previous = [p.clone() for p in params]
+        row["naive_ms"] = measure(lambda c=params, q=previous: naive_step(c, q), repeats, 2)
+        if device.type == "cuda":
+            host = WeightChangeTracker(model, snapshot_device="cpu")
+            row["l1_host_snapshot_ms"] = measure(host.step, repeats, 2)
+            del host
+        else:
+            arrays = [p.numpy().copy() for p in params]
+            row["numpy_ms"] = measure(lambda c=params, a=arrays: numpy_step(c, a), max(3, repeats // 3), 1)
+        rows.append(row)
+        del model, params, buffer, previous
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_memory(device: torch.device) -> list[dict]:
+    import torchvision
+
+    rows = []
+    for snapshot_device in (None, "cpu"):
+        if snapshot_device == "cpu" and device.type != "cuda":
+            continue
+        model = torchvision.models.resnet50().to(device)
+        tracked = sum(p.numel() * p.element_size() for _, p in select_parameters(model))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        tracker = WeightChangeTracker(model, snapshot_device=snapshot_device)
+        tracker.step()
+        row = {
+            "snapshot": snapshot_device or "beside weights",
+            "tracked_MB": tracked / 1e6,
+            "snapshot_MB": tracker.snapshot_bytes / 1e6,
+        }
+        if device.type == "cuda":
+            row["peak_extra_gpu_MB"] = (torch.cuda.max_memory_allocated() - base) / 1e6
+        rows.append(row)
+        del tracker, model
+    return rows
+
+
+def bench_training(smoke: bool, repeats: int) -> list[dict]:
+    import lightning.pytorch as pl
+
+    from lightning_rwc import RelativeWeightChange
+    from lightning_rwc.demo import load_digits_arrays, loaders, make_classifier, resnet18_for_small_grey_images
+
+    arrays = load_digits_arrays()
+    epochs = 1 if smoke else 2
+    configs = {
+        "without callback": None,
+        "every_n_epochs=1": {"every_n_epochs": 1},
+        "every_n_steps=10": {"every_n_epochs": None, "every_n_steps": 10},
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, kwargs in configs.items():  # interleaved, so drift hits every configuration alike
+            pl.seed_everything(0, verbose=False)
+            train, _ = loaders(arrays, 64, 256 if smoke else None, 0)
+            callbacks = [] if kwargs is None else [RelativeWeightChange(**kwargs)]
+            trainer = pl.Trainer(
+                max_epochs=epochs,
+                accelerator="cpu",
+                devices=1,
+                callbacks=callbacks,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            module = make_classifier(resnet18_for_small_grey_images(), 0.02)
+            t0 = time.perf_counter()
+            trainer.fit(module, train)
+            times[name].append((time.perf_counter() - t0) / epochs)
+    base = statistics.median(times["without callback"])
+    return [
+        {"configuration": name, "epoch_s": statistics.median(t), "overhead_%": 100 * (statistics.median(t) / base - 1)}
+        for name, t in times.items()
+    ]
+
+
+def bench_clustering(smoke: bool) -> list[dict]:
+    from lightning_rwc.clustering import cluster_layers
+    from lightning_rwc.history import RWCHistory
+
+    rows = []
+    sizes = (100, 1000) if smoke else (100, 1000, 10000)
+    rng = np.random.default_rng(0)
+    t = np.arange(1, 201, dtype=float)
+    shapes = [0.1 * np.exp(-t / 10), 0.01 * np.exp(-t / 100), 0.05 * (t / 50) * np.exp(1 - t / 50), 3e-4 + 0 * t]
+    warmup = RWCHistory.from_arrays([f"w{i}" for i in range(20)], range(200), rng.lognormal(0, 1, (20, 200)))
+    for method in ("hdbscan", "kmeans"):  # first calls pay for imports and compilation
+        cluster_layers(warmup, method=method)
+    for n in sizes:
+        family = rng.integers(0, 4, n)
+        values = np.array([shapes[f] for f in family]) * rng.lognormal(0, 0.1, (n, t.size))
+        history = RWCHistory.from_arrays([f"layer{i}.weight" for i in range(n)], range(200), values)
+        for method in ("hdbscan", "kmeans"):
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            result = cluster_layers(history, method=method)
+            seconds = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            rows.append(
+                {
+                    "layers": n,
+                    "method": method,
+                    "seconds": seconds,
+                    "peak_MB": peak / 1e6,
+                    "clusters": result.n_clusters,
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    for row in rows[1:]:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def with_ratios(rows: list[dict], device: torch.device) -> list[dict]:
+    target = 2.0 if device.type == "cuda" else 1.5
+    for row in rows:
+        row["l1/copy"] = row["l1_ms"] / row["copy_ms"]
+        row[f"target<={target}"] = "met" if row["l1/copy"] <= target else "missed"
+        row["naive/l1"] = row["naive_ms"] / row["l1_ms"]
+        if "numpy_ms" in row:
+            row["numpy/l1"] = row["numpy_ms"] / row["l1_ms"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, few repeats (for the test suite)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["kernel", "memory", "training", "clustering"])
+    parser.add_argument("--out", default=None, help="also write the Markdown tables to this file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = args.repeats or (2 if args.smoke else 15)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    parts = [
+        f"# lightning-rwc benchmarks, {date.today().isoformat()}",
+        f"Device: {device} ({name}), {torch.get_num_threads()} CPU threads; torch {torch.__version__}; "
+        f"median of {repeats} runs after warm-up.",
+    ]
+    if "kernel" not in args.skip:
+        parts += ["## One measurement vs the bandwidth bound and the naive loop (ms)"]
+        parts += [table(with_ratios(bench_kernel(device, args.smoke, repeats), device))]
+    if "memory" not in args.skip:
+        parts += ["## Snapshot memory (ResNet-50)", table(bench_memory(device))]
+    if "training" not in args.skip and device.type == "cpu":
+        parts += ["## Overhead in Trainer.fit (ResNet-18 on digits, CPU)"]
+        parts += [table(bench_training(args.smoke, 1 if args.smoke else 5))]
+    if "clustering" not in args.skip:
+        parts += ["## Clustering, 200 measurements", table(bench_clustering(args.smoke))]
+    report = "\n\n".join(parts) + "\n"
+    print(report)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(report)
+
+
+if __name__ == "__main__":
+    main()
