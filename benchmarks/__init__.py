@@ -1,0 +1,1 @@
+"""Benchmarks of lightning-rwc (run with ``python -m benchmarks.run``)."""
