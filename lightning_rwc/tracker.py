@@ -280,28 +280,30 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
     """Per-tensor numerators and denominators, shape ``(2, k)``, with multi-tensor kernels; refreshes ``snapshots``.
 
     The snapshot is turned into ``P - W`` in place, so no memory beyond the snapshot is allocated (except for the
-    ``elementwise`` norm, which needs the element ratios). Tensors are reduced in chunks of :data:`CHUNK` elements
-    whose partial norms are summed in float64: one long float32 accumulation (as CPU norm kernels do) loses whole
-    percents on a layer of 100 M weights.
+    ``elementwise`` norm, which needs the element ratios). On the CPU, tensors are reduced in chunks of
+    :data:`CHUNK` elements whose partial norms are summed in float64: the CPU norm kernels accumulate in one long
+    float32 sum, which loses whole percents on a layer of 100 M weights. GPU reductions are tree-shaped and need no
+    chunks.
     """
     if norm == "elementwise":
         sums = torch.stack([_elementwise_sums(w, p) for w, p in zip(current, snapshots, strict=True)], dim=1)
         torch._foreach_copy_(snapshots, current)
         return sums
     order = 1 if norm == "l1" else 2
-    w_chunks, owners = _chunks(current)
-    p_chunks, _ = _chunks(snapshots)
-    denominators = torch._foreach_norm(p_chunks, order, dtype=acc)
-    torch._foreach_sub_(p_chunks, w_chunks)
-    numerators = torch._foreach_norm(p_chunks, order, dtype=acc)
-    torch._foreach_copy_(p_chunks, w_chunks)
-    per_chunk = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
+    count, owners = len(current), list(range(len(current)))
+    if current[0].device.type == "cpu":
+        (current, owners), (snapshots, _) = _chunks(current), _chunks(snapshots)
+    dtype = None if acc == current[0].dtype else acc
+    denominators = torch._foreach_norm(snapshots, order, dtype=dtype)
+    torch._foreach_sub_(snapshots, current)
+    numerators = torch._foreach_norm(snapshots, order, dtype=dtype)
+    torch._foreach_copy_(snapshots, current)
+    partials = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
     if order == 2:
-        per_chunk.square_()
-    if len(owners) == len(current):
-        return per_chunk
-    index = torch.tensor(owners, device=per_chunk.device)
-    return per_chunk.new_zeros((2, len(current))).index_add_(1, index, per_chunk)
+        partials.square_()
+    if len(owners) == count:
+        return partials
+    return partials.new_zeros((2, count)).index_add_(1, torch.tensor(owners), partials)
 
 
 CHUNK = 1 << 16
