@@ -1,0 +1,22 @@
+"""The benchmarks run end to end in a tiny setting, so they cannot rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run_writes_every_table(tmp_path):
+    out = tmp_path / "bench.md"
+    command = [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    report = out.read_text()
+    for heading in ("bandwidth bound", "Snapshot memory", "Overhead in Trainer.fit", "Clustering"):
+        assert heading in report
+    assert "| resnet18 |" in report and "| 1000 | hdbscan |" in report
