@@ -51,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from lightning_rwc.demo import run_demo
 
-        run_demo(args)
+        try:
+            run_demo(args)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     return _cluster(args)
 

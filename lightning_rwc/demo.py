@@ -191,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m lightning_rwc.demo``."""
     parser = argparse.ArgumentParser(prog="python -m lightning_rwc.demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    run_demo(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args)
+    except FileNotFoundError as err:
+        parser.exit(2, f"error: {err}\n")
 
 
 if __name__ == "__main__":

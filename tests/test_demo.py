@@ -65,3 +65,10 @@ def test_demo_trains_logs_and_clusters(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"tensorboard --logdir {tmp_path}" in out
     assert summary["clusters"].json_path.is_file()
+
+
+def test_demo_command_reports_missing_data_without_a_traceback(tmp_path, capsys):
+    from lightning_rwc.cli import main
+
+    assert main(["demo", "--data", "fashion-mnist", "--data-dir", str(tmp_path)]) == 2
+    assert "lacks train-images-idx3-ubyte.gz" in capsys.readouterr().err
