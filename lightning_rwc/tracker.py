@@ -280,30 +280,50 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
     """Per-tensor numerators and denominators, shape ``(2, k)``, with multi-tensor kernels; refreshes ``snapshots``.
 
     The snapshot is turned into ``P - W`` in place, so no memory beyond the snapshot is allocated (except for the
-    ``elementwise`` norm, which needs the element ratios). On the CPU, tensors are reduced in chunks of
-    :data:`CHUNK` elements whose partial norms are summed in float64: the CPU norm kernels accumulate in one long
-    float32 sum, which loses whole percents on a layer of 100 M weights. GPU reductions are tree-shaped and need no
-    chunks.
+    ``elementwise`` norm, which needs the element ratios).
     """
     if norm == "elementwise":
         sums = torch.stack([_elementwise_sums(w, p) for w, p in zip(current, snapshots, strict=True)], dim=1)
         torch._foreach_copy_(snapshots, current)
         return sums
     order = 1 if norm == "l1" else 2
-    count, owners = len(current), list(range(len(current)))
     if current[0].device.type == "cpu":
-        (current, owners), (snapshots, _) = _chunks(current), _chunks(snapshots)
+        return _reduce_cpu(current, snapshots, order, acc)
     dtype = None if acc == current[0].dtype else acc
     denominators = torch._foreach_norm(snapshots, order, dtype=dtype)
     torch._foreach_sub_(snapshots, current)
     numerators = torch._foreach_norm(snapshots, order, dtype=dtype)
     torch._foreach_copy_(snapshots, current)
     partials = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
-    if order == 2:
-        partials.square_()
-    if len(owners) == count:
+    return partials.square_() if order == 2 else partials
+
+
+def _reduce_cpu(current: list[Tensor], snapshots: list[Tensor], order: int, acc: torch.dtype) -> Tensor:
+    """:func:`_reduce_fused` on the CPU: chunk by chunk, so that each chunk is still in cache for its next pass.
+
+    PyTorch's CPU norm kernels are slower than a plain sum and accumulate in one long float32 sum, which loses whole
+    percents on a layer of 100 M weights; here each chunk of :data:`CHUNK` elements is summed on its own and the
+    chunk sums are added in float64.
+    """
+
+    def reduce(x: Tensor) -> Tensor:
+        if order == 1:
+            return x.abs().sum(dtype=acc)
+        flat = x.reshape(-1)
+        return torch.dot(flat, flat) if x.dtype == acc else flat.to(acc).square().sum()
+
+    w_chunks, owners = _chunks(current)
+    p_chunks, _ = _chunks(snapshots)
+    numerators, denominators = [], []
+    for w, p in zip(w_chunks, p_chunks, strict=True):
+        denominators.append(reduce(p))
+        p.sub_(w)
+        numerators.append(reduce(p))
+        p.copy_(w)
+    partials = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
+    if len(owners) == len(current):
         return partials
-    return partials.new_zeros((2, count)).index_add_(1, torch.tensor(owners), partials)
+    return partials.new_zeros((2, len(current))).index_add_(1, torch.tensor(owners), partials)
 
 
 CHUNK = 1 << 16
