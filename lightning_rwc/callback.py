@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_rwc.history import RWCHistory
@@ -23,9 +25,13 @@ from lightning_rwc.tracker import (
     ParamSelection,
     WeightChangeTracker,
     compile_patterns,
+    is_sharded,
     validate_norm,
     validate_params,
 )
+
+if TYPE_CHECKING:
+    from lightning_rwc.clustering import ClusterResult
 
 STATE_VERSION = 1
 
@@ -65,8 +71,14 @@ class RelativeWeightChange(Callback):
             :func:`~lightning_rwc.clustering.cluster_layers`) and log each cluster's summary; cluster ids stay stable
             from one clustering to the next.
 
+    Distributed training: with replicated weights (DDP) rank zero measures alone, with no collective; with
+    sharded weights (FSDP2: ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) every rank
+    reduces its own shard and one all-reduce per measurement combines them, so no rank gathers full weights.
+
     Raises:
         ValueError: if an argument has an invalid value, or neither ``every_n_epochs`` nor ``every_n_steps`` is set.
+        MisconfigurationException: at ``setup``, for ``FSDPStrategy`` (FSDP1) and ``DeepSpeedStrategy``, whose
+            flattened shards hide the layers' shapes.
 
     Example::
 
@@ -115,7 +127,7 @@ class RelativeWeightChange(Callback):
         self.snapshot_device = snapshot_device
         self.cluster_every_n_epochs = cluster_every_n_epochs
         self.history = RWCHistory()
-        self.clusters: Any = None  # the latest live ClusterResult
+        self.clusters: ClusterResult | None = None  # the latest live clustering
         self._tracker: WeightChangeTracker | None = None
         self._last_step = -1
         self._layout_written: set[int] = set()
@@ -130,6 +142,15 @@ class RelativeWeightChange(Callback):
         )
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            raise MisconfigurationException(
+                f"RelativeWeightChange does not support {type(trainer.strategy).__name__}: its flattened parameter "
+                "shards hide the layers' shapes. Use strategy='ddp', or ModelParallelStrategy() with "
+                "torch.distributed.fsdp.fully_shard in configure_model (FSDP2), which it measures shard by shard."
+            )
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.loggers:
             self._warn_once(
@@ -137,7 +158,10 @@ class RelativeWeightChange(Callback):
                 "RelativeWeightChange found no logger: values are measured and kept in `callback.history` but not "
                 "logged. Pass `logger=True` (TensorBoard) or another logger to the Trainer to see the curves.",
             )
-        if self._tracker is None:
+        # Replicated weights (single device, DDP) are measured on rank zero alone, with no collective; sharded
+        # (FSDP2) weights on every rank, each reducing its own shard, with one all-reduce per measurement.
+        measures_here = trainer.is_global_zero or any(is_sharded(p) for p in pl_module.parameters())
+        if self._tracker is None and measures_here:
             self._tracker = WeightChangeTracker(
                 pl_module,
                 norm=self.norm,
@@ -206,6 +230,8 @@ class RelativeWeightChange(Callback):
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 self._write_tensorboard_extras(logger, values, step)
+                logger.experiment.flush()  # a crash must not lose measurements already taken
+            logger.save()
 
     def _write_tensorboard_extras(self, logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
         import numpy as np

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_rwc.keys import CLUSTER_JSON, DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from lightning_rwc.clustering import ClusterResult
 
 
 @dataclass
@@ -15,7 +18,7 @@ class RunOutput:
     """What :func:`cluster_run` wrote for one run."""
 
     run: Path
-    result: Any  # ClusterResult
+    result: ClusterResult
     cluster_run: Path
     json_path: Path
     plots: list[Path] = field(default_factory=list)

@@ -128,7 +128,8 @@ class WeightChangeTracker:
             return {}
         partials = self._partials([self._tensors[name] for name in measured])
         if any(t.sharded for t in self._tensors.values()):
-            all_reduce_sum(partials)
+            copies = [self._tensors[name].copies() for name in measured]
+            partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
         values = {name: self._ratio(name, a, b) for name, a, b in zip(measured, numerators, denominators, strict=True)}
         values[ALL_KEY] = self._ratio(ALL_KEY, math.fsum(numerators), math.fsum(denominators))
@@ -200,7 +201,7 @@ class _Tracked:
 
     @classmethod
     def create(cls, param: Tensor, snapshot_device: torch.device | None) -> _Tracked:
-        sharded = hasattr(param, "to_local") and hasattr(param, "placements")
+        sharded = is_sharded(param)
         local = param.to_local() if sharded else param
         device = local.device if snapshot_device is None else snapshot_device
         if device == local.device:
@@ -212,6 +213,15 @@ class _Tracked:
 
     def local(self) -> Tensor:
         return (self.param.to_local() if self.sharded else self.param).detach()
+
+    def copies(self) -> int:
+        """On how many ranks each element lives: the replicated mesh dimensions of a DTensor, every rank otherwise."""
+        import torch.distributed as dist
+
+        if not self.sharded:
+            return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        mesh = self.param.device_mesh
+        return math.prod(mesh.size(dim) for dim, p in enumerate(self.param.placements) if p.is_replicate())
 
 
 def select_parameters(
@@ -231,6 +241,11 @@ def select_parameters(
             continue
         selected.append((name, param))
     return selected
+
+
+def is_sharded(param: Tensor) -> bool:
+    """Whether ``param`` is a distributed tensor (``DTensor``, as FSDP2's ``fully_shard`` makes them)."""
+    return hasattr(param, "to_local") and hasattr(param, "placements")
 
 
 def validate_norm(norm: str) -> None:
@@ -268,12 +283,13 @@ def to_host(partials: Tensor) -> tuple[list[float], list[float]]:
     return numerators, denominators
 
 
-def all_reduce_sum(partials: Tensor) -> None:
+def all_reduce_sum(partials: Tensor) -> Tensor:
     """Sum the per-shard partials over all ranks in one collective (sharded parameters only)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(partials, op=dist.ReduceOp.SUM)
+    return partials
 
 
 def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:

@@ -1,0 +1,41 @@
+"""RelativeWeightChange under DDP and FSDP2 on the CPU (gloo, two processes), against the full weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import reference_rwc
+
+from lightning_rwc.history import load_history
+
+SCRIPT = Path(__file__).with_name("fit_script.py")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("strategy", "collectives_per_measurement"), [("ddp", 0), ("fsdp2", 1)])
+def test_values_equal_a_reference_from_the_full_weights(tmp_path, strategy, collectives_per_measurement):
+    out = tmp_path / strategy
+    subprocess.run([sys.executable, str(SCRIPT), strategy, str(out)], check=True, capture_output=True, timeout=300)
+    history = load_history(out / "history.json")
+    saved = {int(p.stem.split("_")[1]): torch.load(p) for p in out.glob("weights_*.pt")}
+    assert sorted(saved) == [0, *history.steps]
+    previous = saved[0]
+    for j, step in enumerate(history.steps):
+        expected = reference_rwc(previous, saved[step], "l1")
+        for i, layer in enumerate(history.layers):
+            assert history.values[i, j] == pytest.approx(expected[layer], rel=1e-5), (layer, step)
+        assert history.total[j] == pytest.approx(expected["_all"], rel=1e-5)
+        previous = saved[step]
+    assert history.layers == ["net.conv.weight", "net.head.weight"]  # original names, also when sharded
+    for rank in (0, 1):
+        counts = json.loads((out / f"collectives_{rank}.json").read_text())
+        measured_here = counts["measurements"] if strategy == "fsdp2" or rank == 0 else 0
+        assert counts["calls"] == collectives_per_measurement * measured_here
+    logged = load_history(out / "csv" / "version_0")
+    assert logged.steps == history.steps
+    assert logged.values.ravel().tolist() == pytest.approx(history.values.ravel().tolist())
