@@ -130,6 +130,8 @@ class RelativeWeightChange(Callback):
         self.clusters: ClusterResult | None = None  # the latest live clustering
         self._tracker: WeightChangeTracker | None = None
         self._last_step = -1
+        self._current_step = -1
+        self._pending_snapshot: dict[str, Any] | None = None
         self._layout_written: set[int] = set()
         self._warned: set[str] = set()
 
@@ -170,17 +172,21 @@ class RelativeWeightChange(Callback):
                 exclude=self.exclude,
                 snapshot_device=self.snapshot_device,
             )
+            if self._pending_snapshot:
+                self._tracker.load_snapshot(self._pending_snapshot)
+        self._pending_snapshot = None
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
+        step = self._current_step = trainer.global_step
         if self.every_n_steps and step > 0 and step != self._last_step and step % self.every_n_steps == 0:
             self._measure(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._current_step = trainer.global_step
         epoch_due = self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if epoch_due and trainer.global_step != self._last_step:
             self._measure(trainer)
@@ -205,12 +211,18 @@ class RelativeWeightChange(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "history": self.history.to_dict(), "last_step": self._last_step}
+        state = {"version": STATE_VERSION, "history": self.history.to_dict(), "last_step": self._last_step}
+        sharded = self._tracker is not None and any(is_sharded(t) for t in self._tracker.model.parameters())
+        if self._tracker is not None and self._current_step != self._last_step and not sharded:
+            # Saved between two measurements: the baseline is not the checkpoint's weights, so keep it.
+            state["snapshot"] = self._tracker.snapshot_state()
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = RWCHistory.from_dict(state_dict.get("history", {}))
         self._last_step = state_dict.get("last_step", -1)
+        self._pending_snapshot = state_dict.get("snapshot")
 
     def _measure(self, trainer: pl.Trainer) -> None:
         if self._tracker is None:

@@ -135,6 +135,25 @@ class WeightChangeTracker:
         values[ALL_KEY] = self._ratio(ALL_KEY, math.fsum(numerators), math.fsum(denominators))
         return values
 
+    def snapshot_state(self) -> dict[str, Tensor]:
+        """A host copy of the baseline of each tracked tensor (this rank's shard, for sharded parameters)."""
+        return {name: t.snapshot.detach().cpu().clone() for name, t in self._tensors.items()}
+
+    def load_snapshot(self, state: dict[str, Tensor]) -> None:
+        """Make the tensors in ``state`` (from :meth:`snapshot_state`) the baseline of the layers of the same name.
+
+        Raises:
+            ValueError: if a tensor's shape differs from the tracked one's.
+        """
+        for name, value in state.items():
+            if name in self._tensors:
+                snapshot = self._tensors[name].snapshot
+                if value.shape != snapshot.shape:
+                    raise ValueError(
+                        f"snapshot of {name!r} has shape {tuple(value.shape)}, expected {tuple(snapshot.shape)}"
+                    )
+                snapshot.copy_(value)
+
     def reset(self) -> None:
         """Make the current weights the new baseline, without measuring."""
         with torch.no_grad():

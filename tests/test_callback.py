@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import fit_kwargs, make_tiny_module, reference_rwc, tiny_loader, weights
@@ -274,3 +275,142 @@ def test_fit_on_gpu_matches_the_reference(tmp_path):
     for j, step in enumerate(rwc.history.steps):
         for i, name in enumerate(TRACKED):
             assert rwc.history.values[i, j] == pytest.approx(expected[step][name], rel=1e-4)
+
+
+def test_old_checkpoint_without_callback_state_warns_and_starts_a_new_baseline(tmp_path):
+    kwargs = {**fit_kwargs(), "enable_checkpointing": True}
+    first = Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, **kwargs)
+    first.fit(make_tiny_module(), tiny_loader())
+    rwc = RelativeWeightChange()
+    resumed = Trainer(max_epochs=2, callbacks=[rwc], logger=False, default_root_dir=tmp_path, **kwargs)
+    with pytest.warns(UserWarning, match="holds no RelativeWeightChange state"):
+        resumed.fit(make_tiny_module(), tiny_loader(), ckpt_path=first.checkpoint_callback.best_model_path)
+    assert rwc.history.steps == [16]
+
+
+def test_two_instances_resume_their_own_histories(tmp_path):
+    def run(max_epochs, ckpt_path=None):
+        torch.manual_seed(0)
+        callbacks = [RelativeWeightChange(), RelativeWeightChange(every_n_epochs=None, every_n_steps=3)]
+        kwargs = {**fit_kwargs(), "enable_checkpointing": True}
+        trainer = Trainer(max_epochs=max_epochs, callbacks=callbacks, logger=False, default_root_dir=tmp_path, **kwargs)
+        with pytest.warns(UserWarning, match="no logger"):
+            trainer.fit(make_tiny_module(), tiny_loader(), ckpt_path=ckpt_path)
+        return trainer, callbacks[:2]  # the Trainer appends its own ModelCheckpoint to the list
+
+    _, straight = run(3)
+    first, _ = run(2)
+    _, resumed = run(3, ckpt_path=first.checkpoint_callback.best_model_path)
+    assert resumed[0].history.steps == [8, 16, 24]
+    assert resumed[1].history.steps == [3, 6, 9, 12, 15, 18, 21, 24]
+    for a, b in zip(resumed, straight, strict=True):
+        assert a.history.values.tolist() == b.history.values.tolist()
+
+
+@pytest.mark.parametrize(("precision", "rel"), [("bf16-mixed", 1e-6), ("16-mixed", 1e-6), ("bf16-true", 1e-3)])
+def test_mixed_and_half_precision_agree_with_the_float64_reference(tmp_path, precision, rel):
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=2, precision=precision, callbacks=[recorder, rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="no logger"):
+        trainer.fit(make_tiny_module(), tiny_loader())
+    expected = expected_curves(recorder, [8, 16])
+    for j, step in enumerate(rwc.history.steps):
+        assert expected[step]["_all"] > 0
+        for i, name in enumerate(TRACKED):
+            assert rwc.history.values[i, j] == pytest.approx(expected[step][name], rel=rel)
+
+
+def test_parameters_added_during_training_start_their_curve_later(tmp_path):
+    class AddHead(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                pl_module.extra = torch.nn.Linear(3, 3)
+
+    rwc = RelativeWeightChange()
+    trainer = Trainer(max_epochs=3, callbacks=[AddHead(), rwc], logger=CSVLogger(tmp_path), **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader())
+    # Added just before the first measurement, which takes its baseline: its first value comes at the second.
+    assert rwc.history.layers == [*TRACKED, "extra.weight"]
+    extra = rwc.history.curve("extra.weight")
+    assert math.isnan(extra[0]) and extra[1:].tolist() == [0.0, 0.0]
+    assert not math.isnan(rwc.history.curve(TRACKED[0])[0])
+
+
+def test_manual_optimization_with_two_optimizers_counts_global_steps(tmp_path):
+    import lightning.pytorch as pl
+    from conftest import TinyNet
+
+    class TwoOptimizers(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = TinyNet()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            for opt in self.optimizers():
+                opt.zero_grad()
+                self.manual_backward(torch.nn.functional.cross_entropy(self.net(x), y))
+                opt.step()
+
+        def configure_optimizers(self):
+            conv = torch.optim.SGD(self.net.conv.parameters(), lr=0.1)
+            rest = torch.optim.SGD([*self.net.bn.parameters(), *self.net.head.parameters()], lr=0.1)
+            return conv, rest
+
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=4)
+    trainer = Trainer(max_epochs=1, callbacks=[recorder, rwc], logger=CSVLogger(tmp_path), **fit_kwargs())
+    trainer.fit(TwoOptimizers(), tiny_loader(n=32, batch_size=8))  # 4 batches x 2 optimizer steps
+    assert trainer.global_step == 8
+    assert rwc.history.steps == [4, 8]
+    expected = expected_curves(recorder, [4, 8])
+    for j, step in enumerate(rwc.history.steps):
+        assert rwc.history.total[j] == pytest.approx(expected[step]["_all"], rel=1e-5)
+
+
+def test_sharding_strategies_without_layer_shapes_are_rejected_at_setup():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(MisconfigurationException, match="does not support FSDPStrategy.*ModelParallelStrategy"):
+        RelativeWeightChange().setup(trainer, None, "fit")
+
+
+CRASH_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from conftest import fit_kwargs, make_tiny_module, tiny_loader
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_rwc import RelativeWeightChange
+
+class Kill(Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 2 and trainer.global_step == 10:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+logger = TensorBoardLogger({out!r}, name="run")
+trainer = Trainer(max_epochs=4, callbacks=[RelativeWeightChange(), Kill()], logger=logger, **fit_kwargs())
+trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
+"""
+
+
+def test_measurements_survive_a_sigkill_mid_epoch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lightning_rwc.history import load_history
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=300)
+    assert result.returncode == -9
+    history = load_history(tmp_path / "run" / "version_0")
+    assert history.steps == [4, 8]
+    assert history.layers == TRACKED and not np.isnan(history.values).any()

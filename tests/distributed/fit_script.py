@@ -1,4 +1,4 @@
-"""Train the tiny model with RelativeWeightChange under a distributed strategy (run as a script; Lightning re-launches it).
+"""Train the tiny model with RelativeWeightChange under a distributed strategy; Lightning re-launches this script.
 
 Usage: python fit_script.py {ddp,fsdp2} OUT_DIR
 
@@ -18,8 +18,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning_rwc.tracker as tracker_module  # noqa: E402
 from conftest import make_tiny_module, tiny_loader  # noqa: E402
+
+import lightning_rwc.tracker as tracker_module  # noqa: E402
 from lightning_rwc import RelativeWeightChange  # noqa: E402
 
 TRACKED = ["net.conv.weight", "net.head.weight"]
