@@ -414,3 +414,14 @@ def test_measurements_survive_a_sigkill_mid_epoch(tmp_path):
     history = load_history(tmp_path / "run" / "version_0")
     assert history.steps == [4, 8]
     assert history.layers == TRACKED and not np.isnan(history.values).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp1_on_gpu_stops_at_setup_with_a_pointer_to_fsdp2(tmp_path):
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    kwargs = {**fit_kwargs(), "accelerator": "cuda", "devices": 1}
+    trainer = Trainer(max_epochs=1, strategy="fsdp", callbacks=[RelativeWeightChange()], logger=False, **kwargs)
+    with pytest.raises(MisconfigurationException, match="ModelParallelStrategy"):
+        trainer.fit(make_tiny_module(), tiny_loader())
