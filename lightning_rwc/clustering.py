@@ -163,7 +163,7 @@ def cluster_layers(
         method: ``"hdbscan"`` (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"`` (every
             layer gets a cluster, as in the original recipe).
         n_clusters: k for k-means; ``None`` picks it by the best silhouette for k in 2..10.
-        min_cluster_size: HDBSCAN's smallest cluster; ``None`` uses ``max(3, min(100, layers // 20))``.
+        min_cluster_size: HDBSCAN's smallest cluster; ``None`` uses ``max(2, min(100, layers // 20))``.
         max_components: most PCA components kept.
         explained_variance: share of variance the PCA components must explain.
         seed: random seed (k-means, UMAP, silhouette sampling); the result is deterministic for a given seed.
@@ -208,7 +208,7 @@ def cluster_layers(
         feats = (feats - feats.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
     embedding, kept_variance = reduce_features(feats, reduction, max_components, explained_variance, seed)
     if method == "hdbscan":
-        size = min_cluster_size or max(3, min(100, len(kept) // 20))
+        size = min_cluster_size or max(2, min(100, len(kept) // 20))
         labels = _hdbscan(embedding, size)
         params_extra: dict[str, Any] = {"min_cluster_size": size}
     else:
@@ -240,6 +240,41 @@ def cluster_layers(
             **params_extra,
         },
     )
+
+
+def elbow_k(embedding: np.ndarray, k_max: int = 8, seed: int = 0) -> tuple[int, list[float]]:
+    """The k at the elbow of the k-means inertia curve for k = 1..k_max, and the curve.
+
+    The elbow is the k farthest below the straight line from the first to the last point of the curve, with the
+    inertia on a log scale and both axes scaled to [0, 1]: this automates the original work's choice of k by eye.
+    """
+    from sklearn.cluster import KMeans
+
+    ks = np.arange(1, min(k_max, len(embedding)) + 1)
+    inertias = [float(KMeans(n_clusters=int(k), n_init=10, random_state=seed).fit(embedding).inertia_) for k in ks]
+    if len(ks) < 3:
+        return int(ks[-1]), inertias
+    logs = np.log(np.maximum(inertias, np.finfo(np.float64).tiny))
+    span = logs[0] - logs[-1]
+    if span <= 0:
+        return 1, inertias
+    x = (ks - 1) / (ks[-1] - 1)
+    y = (logs - logs[-1]) / span
+    return int(ks[np.argmax(1 - x - y)]), inertias
+
+
+def original_recipe(history: RWCHistory, seed: int = 0, k_max: int = 8) -> tuple[ClusterResult, list[float]]:
+    """The WeightScale recipe, for comparison: PCA to 2 components, then k-means with k at the elbow.
+
+    The hand-made steps of the original (dropping the first and last layer, replacing outliers) are left out; the
+    feature rule of this module stands in for them. Returns the result and the inertia curve for k = 1..k_max.
+    """
+    options: dict[str, Any] = {"max_components": 2, "explained_variance": 1.0, "method": "kmeans", "seed": seed}
+    probe = cluster_layers(history, n_clusters=2, **options)
+    k, inertias = elbow_k(probe.embedding, k_max, seed)
+    if k < 2:
+        return probe, inertias
+    return cluster_layers(history, n_clusters=k, **options), inertias
 
 
 def prepare_curves(

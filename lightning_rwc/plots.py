@@ -84,8 +84,26 @@ def embedding(result: ClusterResult) -> Figure:
     return fig
 
 
+def depth_membership(result: ClusterResult) -> Figure:
+    """Cluster of each layer against its depth (position in the model), to see whether clusters follow depth."""
+    fig = _figure(figsize=(8, 3))
+    ax = fig.add_subplot()
+    colors = _colors(result)
+    for name in result.layers:
+        cid = result.labels[name]
+        ax.scatter(result.depth[name], cid, s=25, color=colors.get(cid, "0.6"))
+    ax.set_yticks(
+        sorted({*result.labels.values()}), [("noise" if c == -1 else str(c)) for c in sorted({*result.labels.values()})]
+    )
+    ax.set_xlabel("depth (parameter order)")
+    ax.set_ylabel("cluster")
+    ax.set_title("Cluster membership against depth")
+    fig.tight_layout()
+    return fig
+
+
 def save_plots(history: RWCHistory, result: ClusterResult, directory: str | os.PathLike) -> list[Path]:
-    """Write ``heatmap.png``, ``clusters.png`` and ``embedding.png`` into ``directory``; return their paths."""
+    """Write ``heatmap.png``, ``clusters.png``, ``embedding.png`` and ``depth.png`` into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -93,6 +111,7 @@ def save_plots(history: RWCHistory, result: ClusterResult, directory: str | os.P
         ("heatmap.png", heatmap(history, result)),
         ("clusters.png", cluster_curves(result)),
         ("embedding.png", embedding(result)),
+        ("depth.png", depth_membership(result)),
     ):
         path = directory / name
         fig.savefig(path, dpi=110)

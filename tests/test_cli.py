@@ -40,7 +40,12 @@ def test_cluster_writes_plots_and_running_twice_replaces_everything(planted_run,
     for _ in range(2):
         assert main(["cluster", str(run)]) == 0
     cluster_run = run / "rwc_clusters"
-    assert sorted(p.name for p in cluster_run.glob("*.png")) == ["clusters.png", "embedding.png", "heatmap.png"]
+    assert sorted(p.name for p in cluster_run.glob("*.png")) == [
+        "clusters.png",
+        "depth.png",
+        "embedding.png",
+        "heatmap.png",
+    ]
     assert len(list(cluster_run.glob("events.out.tfevents.*"))) == 1
     acc = EventAccumulator(str(cluster_run), size_guidance={"scalars": 0})
     acc.Reload()

@@ -197,3 +197,24 @@ def test_odd_inputs_give_a_result_or_a_documented_error(values, method, features
     assert np.isfinite(result.embedding).all()
     assert 0.0 <= result.noise_fraction <= 1.0
     result.markdown()
+
+
+def test_elbow_finds_the_number_of_planted_families():
+    from sklearn.datasets import make_blobs
+
+    from lightning_rwc.clustering import elbow_k
+
+    points, _ = make_blobs(n_samples=200, centers=5, cluster_std=0.3, random_state=0)
+    k, inertias = elbow_k(points)
+    assert k == 5
+    assert len(inertias) == 8 and inertias == sorted(inertias, reverse=True)
+
+
+def test_original_recipe_uses_two_components_and_the_elbow():
+    from lightning_rwc.clustering import original_recipe
+
+    history, family = planted_history()
+    result, inertias = original_recipe(history)
+    assert result.embedding.shape[1] == 2 and result.params["method"] == "kmeans"
+    assert result.n_clusters == 4 and len(inertias) == 8
+    assert ari(result, family) >= 0.9
