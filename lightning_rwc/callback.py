@@ -52,8 +52,9 @@ class RelativeWeightChange(Callback):
       cluster's mean and quartiles.
 
     With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` it also writes, once per run, a custom-scalars
-    layout with one chart per top-level block, and a histogram ``{log_prefix}/distribution`` of the per-layer values
-    at each measurement. The values are kept in :attr:`history` and in the callback's checkpoint state, so a resumed
+    layout with one chart per top-level block, a histogram ``{log_prefix}/distribution`` of the per-layer values at
+    each measurement and, with ``log_heatmap``, an image ``{log_prefix}/heatmap`` of all curves so far. The values
+    are kept in :attr:`history` and in the callback's checkpoint state, so a resumed
     run continues its curves.
 
     Args:
@@ -70,6 +71,8 @@ class RelativeWeightChange(Callback):
         cluster_every_n_epochs: when set, cluster the layers every n epochs during training (see
             :func:`~lightning_rwc.clustering.cluster_layers`) and log each cluster's summary; cluster ids stay stable
             from one clustering to the next.
+        log_heatmap: with TensorBoard, also log the layers x measurements heatmap so far as an image
+            ``{log_prefix}/heatmap`` at each measurement.
 
     Distributed training: with replicated weights (DDP) rank zero measures alone, with no collective; with
     sharded weights (FSDP2: ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) every rank
@@ -99,6 +102,7 @@ class RelativeWeightChange(Callback):
         log_prefix: str = DEFAULT_PREFIX,
         snapshot_device: str | None = None,
         cluster_every_n_epochs: int | None = None,
+        log_heatmap: bool = False,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -126,6 +130,7 @@ class RelativeWeightChange(Callback):
         self.log_prefix = log_prefix
         self.snapshot_device = snapshot_device
         self.cluster_every_n_epochs = cluster_every_n_epochs
+        self.log_heatmap = log_heatmap
         self.history = RWCHistory()
         self.clusters: ClusterResult | None = None  # the latest live clustering
         self._tracker: WeightChangeTracker | None = None
@@ -248,7 +253,7 @@ class RelativeWeightChange(Callback):
     def _write_tensorboard_extras(self, logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
         import numpy as np
 
-        from lightning_rwc.tensorboard import layer_layout
+        from lightning_rwc.tensorboard import heatmap_image, layer_layout
 
         if id(logger) not in self._layout_written:
             logger.experiment.add_custom_scalars(layer_layout([n for n in values if n != ALL_KEY], self.log_prefix))
@@ -257,6 +262,9 @@ class RelativeWeightChange(Callback):
         finite = finite[np.isfinite(finite)]
         if finite.size:
             logger.experiment.add_histogram(f"{self.log_prefix}/distribution", finite, global_step=step)
+        if self.log_heatmap:
+            image = heatmap_image(self.history.values)
+            logger.experiment.add_image(f"{self.log_prefix}/heatmap", image, global_step=step, dataformats="CHW")
 
     def _cluster(self, trainer: pl.Trainer) -> None:
         from lightning_rwc.clustering import cluster_layers

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lightning_rwc.keys import ALL_KEY, CLUSTER_PREFIX, CLUSTER_RUN_DIR, DEFAULT_PREFIX
 
 if TYPE_CHECKING:
@@ -74,6 +76,29 @@ def cluster_layout(cluster_ids: Iterable[int], prefix: str = CLUSTER_PREFIX) -> 
     for cid in ids:
         charts[f"cluster {cid}"] = ["Margin", [f"{prefix}/{cid}/{key}" for key in ("mean", "lower", "upper")]]
     return {"RWC clusters": charts}
+
+
+def heatmap_image(values: np.ndarray, cell: int = 4) -> np.ndarray:
+    """A layers x measurements grey image of ``log10(RWC)`` (brighter: more change), ``(1, H, W)`` uint8.
+
+    Each value becomes a ``cell`` x ``cell`` block; the smallest value is 1, the largest 255, and missing or
+    non-positive values are 0.
+
+    Example::
+
+        >>> heatmap_image(np.array([[0.1, 0.01], [np.nan, 0.001]]), cell=1).tolist()
+        [[[255, 128], [0, 1]]]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(values > 0, np.log10(values), np.nan)
+    finite = logs[np.isfinite(logs)]
+    image = np.zeros(values.shape, dtype=np.uint8)
+    if finite.size:
+        low, high = finite.min(), finite.max()
+        scaled = (logs - low) / (high - low) if high > low else np.ones_like(logs)
+        image = np.where(np.isfinite(logs), np.round(1 + 254 * scaled), 0).astype(np.uint8)
+    return np.kron(image, np.ones((cell, cell), dtype=np.uint8))[None]
 
 
 def write_cluster_run(result: ClusterResult, run_dir: str | os.PathLike, name: str = CLUSTER_RUN_DIR) -> Path:
