@@ -1,0 +1,139 @@
+"""Screenshots of TensorBoard's Scalars and Custom Scalars dashboards for a real run, in headless Chromium.
+
+``python docs/screenshots.py [--logdir demo_logs] [--out docs/images]`` (or ``make screenshots``) runs the demo if
+the log folder is missing, clusters every run that has no cluster run yet, starts ``tensorboard`` on 127.0.0.1,
+opens both dashboards in headless Chromium (Debian's ``chromium`` and ``chromium-driver`` packages, driven by
+Selenium) and saves ``scalars.png`` and ``custom_scalars.png``. It prints how many cluster charts the Custom Scalars
+page shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+INSTALL_HINT = "Needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) and selenium."
+
+# Custom elements live in shadow roots; this walks them all and counts the margin charts (one per cluster).
+COUNT_MARGIN_CHARTS = """
+const seen = [];
+function walk(root) {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName.toLowerCase() === 'tf-custom-scalar-margin-chart-card') seen.push(el);
+    if (el.shadowRoot) walk(el.shadowRoot);
+  }
+}
+walk(document);
+return seen.length;
+"""
+
+
+@contextmanager
+def tensorboard(logdir: Path) -> Iterator[str]:
+    """A tensorboard process on a free loopback port; yields its base URL and stops it by its process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/data/plugins_listing", timeout=5) as response:
+                    if json.loads(response.read()).get("custom_scalars", {}).get("enabled"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tensorboard did not serve custom scalars for {logdir} within 60 s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def browser() -> object:
+    """Headless Chromium through Selenium, with the flags a machine without network needs."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as err:
+        raise ModuleNotFoundError(INSTALL_HINT) from err
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        raise FileNotFoundError(INSTALL_HINT)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def capture(logdir: Path, out: Path, settle: float = 6.0) -> dict[str, object]:
+    """Save both dashboards as PNG into ``out``; return the paths and the number of margin charts seen."""
+    out.mkdir(parents=True, exist_ok=True)
+    driver = browser()
+    try:
+        with tensorboard(logdir) as base:
+            driver.get(f"{base}/#scalars&tagFilter=rwc%2F")
+            time.sleep(settle)
+            driver.save_screenshot(str(out / "scalars.png"))
+            driver.set_window_size(1400, 2900)  # the cluster charts come after the per-block charts
+            driver.get(f"{base}/#custom_scalars")
+            time.sleep(settle)
+            charts = driver.execute_script(COUNT_MARGIN_CHARTS)
+            driver.save_screenshot(str(out / "custom_scalars.png"))
+    finally:
+        driver.quit()
+    return {"scalars": out / "scalars.png", "custom_scalars": out / "custom_scalars.png", "margin_charts": charts}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: demo run if needed, clustering if needed, then both screenshots."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logdir", default="demo_logs")
+    parser.add_argument("--out", default="docs/images")
+    args = parser.parse_args(argv)
+    logdir = Path(args.logdir)
+    if not logdir.exists():
+        from lightning_rwc.demo import main as demo
+
+        demo(["--out", str(logdir)])
+    from lightning_rwc.history import find_runs
+    from lightning_rwc.keys import CLUSTER_RUN_DIR
+    from lightning_rwc.pipeline import cluster_run
+
+    for run in find_runs(logdir, exclude_dirs=[CLUSTER_RUN_DIR]):
+        if not (run / CLUSTER_RUN_DIR).exists():
+            cluster_run(run)
+    shots = capture(logdir, Path(args.out))
+    print(f"wrote {shots['scalars']} and {shots['custom_scalars']}; {shots['margin_charts']} cluster charts shown")
+
+
+if __name__ == "__main__":
+    main()
