@@ -10,7 +10,13 @@ from lightning_rwc.keys import CLUSTER_RUN_DIR, DEFAULT_PREFIX
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``lightning-rwc`` (its help is quoted in the README)."""
+    """The argument parser of ``lightning-rwc`` (its help is quoted in the README).
+
+    Example::
+
+        >>> build_parser().parse_args(["cluster", "lightning_logs", "--method", "kmeans"]).method
+        'kmeans'
+    """
     parser = argparse.ArgumentParser(
         prog="lightning-rwc",
         description="Layer-wise relative weight change (RWC): cluster the logged curves, or run the demo.",
@@ -46,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lightning-rwc``; return the exit status."""
+    """Run ``lightning-rwc``; return the exit status.
+
+    Example::
+
+        >>> main(["cluster", "no/such/run"])
+        2
+    """
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from lightning_rwc.demo import run_demo

@@ -39,7 +39,13 @@ METHODS = ("hdbscan", "kmeans")
 
 @dataclass
 class ClusterSummary:
-    """One cluster: its members (in depth order), their depth range and its mean / quartile curves over time."""
+    """One cluster: its members (in depth order), their depth range and its mean / quartile curves over time.
+
+    Example::
+
+        >>> ClusterSummary(0, ["a.weight"], (0, 0), np.ones(2), np.ones(2), np.ones(2)).members
+        ['a.weight']
+    """
 
     cluster_id: int
     members: list[str]
@@ -66,6 +72,14 @@ class ClusterResult:
         excluded: ``{layer: reason}`` for layers left out by the feature rule.
         imputed: ``{layer: number of values filled or floored}``, for layers where that happened.
         params: the parameters used.
+
+    Example::
+
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> result.labels, result.n_clusters
+        ({'a': 0, 'b': 0, 'c': 1, 'd': 1}, 2)
     """
 
     layers: list[str]
@@ -247,6 +261,13 @@ def elbow_k(embedding: np.ndarray, k_max: int = 8, seed: int = 0) -> tuple[int, 
 
     The elbow is the k farthest below the straight line from the first to the last point of the curve, with the
     inertia on a log scale and both axes scaled to [0, 1]: this automates the original work's choice of k by eye.
+
+    Example::
+
+        >>> points = np.concatenate([np.zeros((10, 2)), np.full((10, 2), 5.0), np.full((10, 2), 10.0)])
+        >>> points += np.random.default_rng(0).normal(scale=0.1, size=points.shape)
+        >>> elbow_k(points)[0]
+        3
     """
     from sklearn.cluster import KMeans
 
@@ -268,6 +289,15 @@ def original_recipe(history: RWCHistory, seed: int = 0, k_max: int = 8) -> tuple
 
     The hand-made steps of the original (dropping the first and last layer, replacing outliers) are left out; the
     feature rule of this module stands in for them. Returns the result and the inertia curve for k = 1..k_max.
+
+    Example::
+
+        >>> t = np.arange(1, 11)
+        >>> rows = [0.1 / t * (1 + 0.01 * i) for i in range(6)] + [0.001 * (1 + 0.01 * i) + 0 * t for i in range(6)]
+        >>> history = RWCHistory.from_arrays([f"l{i}" for i in range(12)], t, np.array(rows))
+        >>> result, inertias = original_recipe(history)
+        >>> result.embedding.shape[1], len(inertias)
+        (2, 8)
     """
     options: dict[str, Any] = {"max_components": 2, "explained_variance": 1.0, "method": "kmeans", "seed": seed}
     probe = cluster_layers(history, n_clusters=2, **options)
@@ -311,7 +341,15 @@ def prepare_curves(
 def reduce_features(
     features: np.ndarray, reduction: str, max_components: int, explained_variance: float, seed: int
 ) -> tuple[np.ndarray, float]:
-    """Reduce ``(layers, measurements)`` features; return the embedding and the share of variance kept."""
+    """Reduce ``(layers, measurements)`` features; return the embedding and the share of variance kept.
+
+    Example::
+
+        >>> features = np.random.default_rng(0).normal(size=(20, 6))
+        >>> embedding, kept = reduce_features(features, "pca", max_components=3, explained_variance=0.5, seed=0)
+        >>> embedding.shape[0], 2 <= embedding.shape[1] <= 3, kept >= 0.5
+        (20, True, True)
+    """
     if reduction == "none":
         return features, 1.0
     if reduction == "umap":
@@ -333,7 +371,14 @@ def reduce_features(
 
 
 def summarise(names: Sequence[str], depths: Sequence[int], labels: np.ndarray, raw: np.ndarray) -> list[ClusterSummary]:
-    """Per cluster: members, depth range, and the mean and quartiles of the members' raw RWC at each step."""
+    """Per cluster: members, depth range, and the mean and quartiles of the members' raw RWC at each step.
+
+    Example::
+
+        >>> raw = np.array([[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]])
+        >>> [s.mean.tolist() for s in summarise(["a", "b", "c"], [0, 1, 2], np.array([0, 0, -1]), raw)]
+        [[2.0, 3.0]]
+    """
     summaries = []
     for cid in sorted(set(labels.tolist()) - {-1}):
         rows = np.flatnonzero(labels == cid)
@@ -358,6 +403,11 @@ def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, i
 
     Matching is one-to-one (Hungarian assignment on the overlap counts); clusters without an overlapping earlier
     cluster get ids that were not used before. Noise (``-1``) stays ``-1``.
+
+    Example::
+
+        >>> match_labels(["a", "b", "c"], np.array([0, 0, 1]), {"a": 4, "b": 4, "c": -1}).tolist()
+        [4, 4, 5]
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -422,7 +472,13 @@ def _silhouette(embedding: np.ndarray, labels: np.ndarray, seed: int) -> float |
 
 
 def _order_by_depth(labels: np.ndarray) -> np.ndarray:
-    """Number clusters 0, 1, ... in the order of their first member (the shallowest layer)."""
+    """Number clusters 0, 1, ... in the order of their first member (the shallowest layer).
+
+    Example::
+
+        >>> _order_by_depth(np.array([2, -1, 0, 2])).tolist()
+        [0, -1, 1, 0]
+    """
     order: dict[int, int] = {}
     for label in labels.tolist():
         if label != -1 and label not in order:

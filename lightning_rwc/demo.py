@@ -26,7 +26,15 @@ FASHION_FILES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (shared by ``python -m lightning_rwc.demo`` and ``lightning-rwc demo``)."""
+    """The demo's options (shared by ``python -m lightning_rwc.demo`` and ``lightning-rwc demo``).
+
+    Example::
+
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> parser.parse_args(["--epochs", "3"]).epochs
+        3
+    """
     parser.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits", help="default: digits")
     parser.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's *-ubyte.gz files")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
@@ -39,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """scikit-learn's 1797 handwritten 8x8 digits, scaled to [0, 1], split 80/20 with a fixed seed."""
+    """scikit-learn's 1797 handwritten 8x8 digits, scaled to [0, 1], split 80/20 with a fixed seed.
+
+    Example::
+
+        >>> arrays = load_digits_arrays()
+        >>> arrays["train"][0].shape, arrays["test"][0].shape
+        ((1437, 1, 8, 8), (360, 1, 8, 8))
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -52,7 +67,15 @@ def load_digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_fashion_mnist_arrays(data_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fashion-MNIST from its IDX files (``train-images-idx3-ubyte.gz`` and the three others) in ``data_dir``."""
+    """Fashion-MNIST from its IDX files (``train-images-idx3-ubyte.gz`` and the three others) in ``data_dir``.
+
+    Example::
+
+        >>> load_fashion_mnist_arrays("/nonexistent")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /nonexistent lacks train-images-idx3-ubyte.gz, ...
+    """
     data_dir = Path(data_dir)
     missing = [name for pair in FASHION_FILES.values() for name in pair if not (data_dir / name).is_file()]
     if missing:
@@ -68,7 +91,16 @@ def load_fashion_mnist_arrays(data_dir: str | Path) -> dict[str, tuple[np.ndarra
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not."""
+    """Read an IDX file (the MNIST format), gzipped or not.
+
+    Example::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
+        >>> _ = path.write_bytes(struct.pack(">HBBI", 0, 8, 1, 3) + bytes([7, 8, 9]))
+        >>> read_idx(path).tolist()
+        [7, 8, 9]
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         data = handle.read()
@@ -83,6 +115,12 @@ def resnet18_for_small_grey_images(num_classes: int = 10) -> Any:
     """Torchvision's ResNet-18 with a 3x3 stride-1 first convolution on one channel and no max-pool.
 
     The smallest change that keeps 8x8 and 28x28 images from shrinking to nothing before the last block.
+
+    Example::
+
+        >>> import torch
+        >>> resnet18_for_small_grey_images()(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
     from torch import nn
     from torchvision.models import resnet18
@@ -94,7 +132,15 @@ def resnet18_for_small_grey_images(num_classes: int = 10) -> Any:
 
 
 def make_classifier(model: Any, lr: float, num_classes: int = 10) -> Any:
-    """A LightningModule that trains ``model`` with SGD (momentum 0.9, constant ``lr``) and logs accuracy."""
+    """A LightningModule that trains ``model`` with SGD (momentum 0.9, constant ``lr``) and logs accuracy.
+
+    Example::
+
+        >>> import torch
+        >>> module = make_classifier(torch.nn.Linear(4, 10), lr=0.1)
+        >>> type(module.configure_optimizers()).__name__
+        'SGD'
+    """
     import lightning.pytorch as pl
     import torch
     import torchmetrics
@@ -127,7 +173,14 @@ def make_classifier(model: Any, lr: float, num_classes: int = 10) -> Any:
 
 
 def loaders(arrays: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, limit: int | None, seed: int) -> Any:
-    """Train and test DataLoaders over in-memory arrays."""
+    """Train and test DataLoaders over in-memory arrays.
+
+    Example::
+
+        >>> train, test = loaders(load_digits_arrays(), batch_size=32, limit=64, seed=0)
+        >>> len(train.dataset), len(test.dataset)
+        (64, 360)
+    """
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -142,7 +195,20 @@ def loaders(arrays: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, l
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Train with the callback, cluster the run, print where everything is; return the figures it printed."""
+    """Train with the callback, cluster the run, print where everything is; return the figures it printed.
+
+    Example::
+
+        >>> import tempfile
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> args = parser.parse_args(["--epochs", "2", "--limit", "64", "--out", tempfile.mkdtemp()])
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as printed:
+        ...     summary = run_demo(args)
+        >>> "Trained 2 epochs" in printed.getvalue(), sorted(summary)
+        (True, ['accuracy', 'clusters', 'fit_seconds', 'log_dir'])
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -188,7 +254,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m lightning_rwc.demo``."""
+    """Entry point of ``python -m lightning_rwc.demo``.
+
+    Example::
+
+        >>> main(["--data", "fashion-mnist", "--data-dir", "/nonexistent"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
     parser = argparse.ArgumentParser(prog="python -m lightning_rwc.demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

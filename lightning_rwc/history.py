@@ -172,6 +172,14 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
     Raises:
         FileNotFoundError: if ``path`` does not exist or holds no event file, CSV or JSON.
         ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
+
+    Example::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "history.json"
+        >>> RWCHistory.from_arrays(["fc.weight"], [10, 20], np.array([[0.5, 0.25]])).save(path)
+        >>> load_history(path).values.tolist()
+        [[0.5, 0.25]]
     """
     path = Path(path)
     if not path.exists():
@@ -199,6 +207,14 @@ def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list
 
     Hidden directories and those named in ``exclude_dirs`` (for example the cluster runs this package writes) are
     not entered.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "version_0").mkdir(); _ = (root / "version_0" / "metrics.csv").write_text("step")
+        >>> [run.name for run in find_runs(root)]
+        ['version_0']
     """
     root = Path(root)
     if not root.exists():
@@ -213,7 +229,16 @@ def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    Example::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "note.txt"
+        >>> write_atomic(path, "done")
+        >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
+        ('done', ['note.txt'])
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as handle:

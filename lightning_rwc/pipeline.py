@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunOutput:
-    """What :func:`cluster_run` wrote for one run."""
+    """What :func:`cluster_run` wrote for one run.
+
+    Example::
+
+        >>> RunOutput.__dataclass_fields__.keys()
+        dict_keys(['run', 'result', 'cluster_run', 'json_path', 'plots', 'plots_skipped'])
+    """
 
     run: Path
     result: ClusterResult
@@ -35,6 +41,18 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
     Raises:
         FileNotFoundError: if the run does not exist or holds no logs.
         ValueError: if the run holds no RWC values or too few to cluster.
+
+    Example::
+
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from lightning_rwc.history import RWCHistory
+        >>> run = Path(tempfile.mkdtemp())
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values).save(run / "history.json")
+        >>> out = cluster_run(run / "history.json", plots=False, method="kmeans", n_clusters=2)
+        >>> out.json_path.name, out.cluster_run.name, out.result.n_clusters
+        ('rwc_clusters.json', 'rwc_clusters', 2)
     """
     from lightning_rwc.clustering import cluster_layers
     from lightning_rwc.history import load_history

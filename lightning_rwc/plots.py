@@ -18,7 +18,12 @@ INSTALL_HINT = "Plots need matplotlib: pip install matplotlib (or pip install 'l
 
 
 def require_matplotlib() -> None:
-    """Raise a ``ModuleNotFoundError`` that says how to install matplotlib, if it is missing."""
+    """Raise a ``ModuleNotFoundError`` that says how to install matplotlib, if it is missing.
+
+    Example::
+
+        >>> require_matplotlib()  # matplotlib is installed: nothing happens
+    """
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
@@ -26,7 +31,18 @@ def require_matplotlib() -> None:
 
 
 def heatmap(history: RWCHistory, result: ClusterResult) -> Figure:
-    """Layers x time heatmap of ``log10(RWC)``, rows grouped by cluster (noise last) and by depth within one."""
+    """Layers x time heatmap of ``log10(RWC)``, rows grouped by cluster (noise last) and by depth within one.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc import RWCHistory, cluster_layers
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> heatmap(history, result).axes[0].get_title()
+        'Relative weight change per layer'
+    """
     fig = _figure(figsize=(9, max(3.0, min(12.0, 0.12 * len(result.layers) + 1.5))))
     ax = fig.add_subplot()
     order = sorted(result.layers, key=lambda n: (result.labels[n] == -1, result.labels[n], result.depth[n]))
@@ -48,7 +64,18 @@ def heatmap(history: RWCHistory, result: ClusterResult) -> Figure:
 
 
 def cluster_curves(result: ClusterResult) -> Figure:
-    """Each cluster's mean RWC over the steps, with its quartile band, on a log axis."""
+    """Each cluster's mean RWC over the steps, with its quartile band, on a log axis.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc import RWCHistory, cluster_layers
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> len(cluster_curves(result).axes[0].lines)
+        2
+    """
     fig = _figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     colors = _colors(result)
@@ -66,7 +93,18 @@ def cluster_curves(result: ClusterResult) -> Figure:
 
 
 def embedding(result: ClusterResult) -> Figure:
-    """The first two embedding coordinates of each layer, coloured by cluster (noise in grey)."""
+    """The first two embedding coordinates of each layer, coloured by cluster (noise in grey).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc import RWCHistory, cluster_layers
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> len(embedding(result).axes[0].collections)
+        2
+    """
     fig = _figure(figsize=(6, 5))
     ax = fig.add_subplot()
     colors = _colors(result)
@@ -85,7 +123,18 @@ def embedding(result: ClusterResult) -> Figure:
 
 
 def depth_membership(result: ClusterResult) -> Figure:
-    """Cluster of each layer against its depth (position in the model), to see whether clusters follow depth."""
+    """Cluster of each layer against its depth (position in the model), to see whether clusters follow depth.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc import RWCHistory, cluster_layers
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> len(depth_membership(result).axes[0].collections)
+        4
+    """
     fig = _figure(figsize=(8, 3))
     ax = fig.add_subplot()
     colors = _colors(result)
@@ -103,7 +152,19 @@ def depth_membership(result: ClusterResult) -> Figure:
 
 
 def save_plots(history: RWCHistory, result: ClusterResult, directory: str | os.PathLike) -> list[Path]:
-    """Write ``heatmap.png``, ``clusters.png``, ``embedding.png`` and ``depth.png`` into ``directory``."""
+    """Write ``heatmap.png``, ``clusters.png``, ``embedding.png`` and ``depth.png`` into ``directory``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lightning_rwc import RWCHistory, cluster_layers
+        >>> values = np.array([[1, 1], [1, 1.1], [9, 9], [9, 9.9]])
+        >>> history = RWCHistory.from_arrays(["a", "b", "c", "d"], [1, 2], values)
+        >>> result = cluster_layers(history, method="kmeans", n_clusters=2)
+        >>> import tempfile
+        >>> [p.name for p in save_plots(history, result, tempfile.mkdtemp())]
+        ['heatmap.png', 'clusters.png', 'embedding.png', 'depth.png']
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

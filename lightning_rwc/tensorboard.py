@@ -22,7 +22,13 @@ if TYPE_CHECKING:
 
 
 def tag_pattern(tag: str) -> str:
-    """A regular expression that matches exactly ``tag`` (TensorBoard matches from the start of the tag)."""
+    r"""A regular expression that matches exactly ``tag`` (TensorBoard matches from the start of the tag).
+
+    Example::
+
+        >>> tag_pattern("rwc/layer1.0.conv1.weight")
+        'rwc/layer1\\.0\\.conv1\\.weight$'
+    """
     return re.escape(tag) + "$"
 
 
@@ -70,7 +76,13 @@ def layer_layout(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Layout:
 
 
 def cluster_layout(cluster_ids: Iterable[int], prefix: str = CLUSTER_PREFIX) -> Layout:
-    """One ``Margin`` chart per cluster (mean with its quartile band) and one chart of all cluster means."""
+    """One ``Margin`` chart per cluster (mean with its quartile band) and one chart of all cluster means.
+
+    Example::
+
+        >>> cluster_layout([1, 0])["RWC clusters"]["cluster 1"]
+        ['Margin', ['rwc_cluster/1/mean', 'rwc_cluster/1/lower', 'rwc_cluster/1/upper']]
+    """
     ids = sorted(cluster_ids)
     charts: dict[str, list] = {"all cluster means": ["Multiline", [tag_pattern(f"{prefix}/{cid}/mean") for cid in ids]]}
     for cid in ids:
@@ -131,7 +143,17 @@ def write_cluster_run(result: ClusterResult, run_dir: str | os.PathLike, name: s
 
 
 def replace_dir(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``; an existing ``target`` is removed only once ``source`` is in place."""
+    """Move ``source`` to ``target``; an existing ``target`` is removed only once ``source`` is in place.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "new").mkdir(); (root / "old").mkdir()
+        >>> replace_dir(root / "new", root / "old")
+        >>> sorted(p.name for p in root.iterdir())
+        ['old']
+    """
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

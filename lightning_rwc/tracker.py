@@ -249,7 +249,16 @@ def select_parameters(
     include: Sequence[re.Pattern[str]] = (),
     exclude: Sequence[re.Pattern[str]] = (),
 ) -> list[tuple[str, nn.Parameter]]:
-    """The ``(name, parameter)`` pairs that a tracker with these filters follows, each shared parameter once."""
+    """The ``(name, parameter)`` pairs that a tracker with these filters follows, each shared parameter once.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> [name for name, _ in select_parameters(model)]
+        ['0.weight']
+        >>> [name for name, _ in select_parameters(model, "trainable", exclude=[re.compile("bias")])]
+        ['0.weight', '1.weight']
+    """
     selected = []
     for name, param in model.named_parameters():
         if not param.requires_grad or (params == "weights" and param.dim() < 2):
@@ -263,24 +272,53 @@ def select_parameters(
 
 
 def is_sharded(param: Tensor) -> bool:
-    """Whether ``param`` is a distributed tensor (``DTensor``, as FSDP2's ``fully_shard`` makes them)."""
+    """Whether ``param`` is a distributed tensor (``DTensor``, as FSDP2's ``fully_shard`` makes them).
+
+    Example::
+
+        >>> is_sharded(torch.nn.Linear(2, 2).weight)
+        False
+    """
     return hasattr(param, "to_local") and hasattr(param, "placements")
 
 
 def validate_norm(norm: str) -> None:
-    """Raise ``ValueError`` unless ``norm`` is one of :data:`NORMS`."""
+    """Raise ``ValueError`` unless ``norm`` is one of :data:`NORMS`.
+
+    Example::
+
+        >>> validate_norm("l3")
+        Traceback (most recent call last):
+        ...
+        ValueError: norm must be one of ('l1', 'l2', 'elementwise'), got 'l3'
+    """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 def validate_params(params: str) -> None:
-    """Raise ``ValueError`` unless ``params`` is one of :data:`PARAM_SELECTIONS`."""
+    """Raise ``ValueError`` unless ``params`` is one of :data:`PARAM_SELECTIONS`.
+
+    Example::
+
+        >>> validate_params("weights")
+    """
     if params not in PARAM_SELECTIONS:
         raise ValueError(f"params must be one of {PARAM_SELECTIONS}, got {params!r}")
 
 
 def compile_patterns(patterns: str | Iterable[str] | None, what: str) -> list[re.Pattern[str]]:
-    """Compile one pattern or several; a bad pattern is a ``ValueError`` that names it."""
+    """Compile one pattern or several; a bad pattern is a ``ValueError`` that names it.
+
+    Example::
+
+        >>> [p.pattern for p in compile_patterns("fc", "include")]
+        ['fc']
+        >>> compile_patterns(["("], "exclude")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: exclude pattern '(' is not a valid regular expression: ...
+    """
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -297,13 +335,25 @@ def compile_patterns(patterns: str | Iterable[str] | None, what: str) -> list[re
 
 
 def to_host(partials: Tensor) -> tuple[list[float], list[float]]:
-    """The single device-to-host transfer of a measurement: all numerators and denominators at once."""
+    """The single device-to-host transfer of a measurement: all numerators and denominators at once.
+
+    Example::
+
+        >>> to_host(torch.tensor([[1.0, 2.0], [4.0, 8.0]]))
+        ([1.0, 2.0], [4.0, 8.0])
+    """
     numerators, denominators = partials.cpu().tolist()
     return numerators, denominators
 
 
 def all_reduce_sum(partials: Tensor) -> Tensor:
-    """Sum the per-shard partials over all ranks in one collective (sharded parameters only)."""
+    """Sum the per-shard partials over all ranks in one collective (sharded parameters only).
+
+    Example::
+
+        >>> all_reduce_sum(torch.ones(2, 3)).sum().item()  # without a process group: unchanged
+        6.0
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
