@@ -133,6 +133,15 @@ def train_one(model_name: str, dataset: str, seed: int, arrays: dict, args: argp
     }
 
 
+HEAD_MARKERS = (".fc.", ".classifier.")
+
+
+def feature_rows(layers: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices of the feature-extractor layers (convolutions) and of the classifier head (``fc``, ``classifier``)."""
+    head = [i for i, name in enumerate(layers) if any(m in f".{name}" for m in HEAD_MARKERS)]
+    return [i for i in range(len(layers)) if i not in head], head
+
+
 def block_means(values: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
     """Mean RWC of ``blocks`` consecutive groups of layers (by depth), per measurement: ``(blocks, measurements)``."""
     groups = np.array_split(np.arange(values.shape[0]), blocks)
@@ -146,9 +155,12 @@ def findings(runs: dict[tuple[str, str], list[dict]]) -> list[str]:
     lines = []
     mean_all: dict[tuple[str, str], float] = {}
     for (model, dataset), seeds in runs.items():
-        values = np.nanmean([r["history"].values for r in seeds], axis=0)
+        all_values = np.nanmean([r["history"].values for r in seeds], axis=0)
+        features, head = feature_rows(seeds[0]["history"].layers)
+        values = all_values[features]
         total = np.nanmean([r["history"].total for r in seeds], axis=0)
         blocks = block_means(values)
+        head_mean = float(np.nanmean(all_values[head])) if head else float("nan")
         mean_all[model, dataset] = float(np.mean(total))
         rho_time = spearmanr(np.arange(total.size), total).statistic
         falls = total[-1] < total[0] and rho_time < 0
@@ -161,9 +173,8 @@ def findings(runs: dict[tuple[str, str], list[dict]]) -> list[str]:
         rho_depth = spearmanr(np.arange(per_layer.size), per_layer).statistic
         lines.append(
             f"2. {model} on {dataset}: RWC rises with depth: **{'held' if rho_depth > 0 else 'did not hold'}** "
-            f"(Spearman of mean per-layer RWC vs depth {rho_depth:.2f}; block means "
-            + ", ".join(f"{b:.4f}" for b in blocks.mean(axis=1))
-            + ")"
+            f"(Spearman of mean per-layer RWC vs depth over the {len(features)} feature layers {rho_depth:.2f}; "
+            "block means " + ", ".join(f"{b:.4f}" for b in blocks.mean(axis=1)) + f"; classifier head {head_mean:.4f})"
         )
         last, middle = blocks[-1].mean(), blocks[1:-1].mean()
         lines.append(
@@ -186,12 +197,16 @@ def plot_blocks(runs: dict[tuple[str, str], list[dict]], out: Path) -> list[Path
 
     paths = []
     for (model, dataset), seeds in runs.items():
-        values = np.nanmean([r["history"].values for r in seeds], axis=0)
+        all_values = np.nanmean([r["history"].values for r in seeds], axis=0)
+        features, head = feature_rows(seeds[0]["history"].layers)
+        values = all_values[features]
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
         epochs = np.arange(1, values.shape[1] + 1)
         for i, curve in enumerate(block_means(values)):
             ax.plot(epochs, curve, marker="o", label=f"block {i + 1} (by depth)")
+        if head:
+            ax.plot(epochs, np.nanmean(all_values[head], axis=0), "k--", label="classifier head")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean RWC")
@@ -215,7 +230,7 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, co
         f"Settings: {args.epochs} epochs, {args.seeds} seed(s), {args.subset or 'all'} training and "
         f"{args.test_subset or 'all'} test images per data set, SGD lr {args.lr} (momentum 0.9, constant), batch "
         f"{args.batch_size}, {args.accelerator}; total {seconds / 60:.1f} min. Blocks are four equal groups of the "
-        "tracked layers by depth.",
+        "feature (convolution) layers by depth; the classifier head (`fc`, `classifier`) is reported apart.",
         "",
         "## Findings",
         "",
