@@ -44,6 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--full", action="store_true", help="the paper's setting: 150 epochs, 5 seeds, all data")
     parser.add_argument("--out", default="replication")
+    parser.add_argument("--log-dir", default=None, help="TensorBoard runs (default: OUT/runs)")
+    parser.add_argument("--cluster-method", choices=("hdbscan", "kmeans"), default="hdbscan")
     args = parser.parse_args(argv)
     if args.full:
         args.epochs, args.seeds, args.subset, args.test_subset, args.vgg = 150, 5, 0, 0, "vgg19_bn"
@@ -118,7 +120,7 @@ def train_one(model_name: str, dataset: str, seed: int, arrays: dict, args: argp
         accelerator=args.accelerator,
         devices=1,
         callbacks=[rwc],
-        logger=pl.loggers.TensorBoardLogger(Path(args.out) / "runs", name=f"{model_name}-{dataset}", version=seed),
+        logger=pl.loggers.TensorBoardLogger(args.log_dir or Path(args.out) / "runs", f"{model_name}-{dataset}", seed),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -246,10 +248,10 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, co
         acc = np.mean([r["accuracy"] for r in seeds])
         minutes = sum(r["seconds"] for r in seeds) / 60
         lines.append(f"| {model} | {dataset} | {acc:.3f} | {paper} | {minutes:.1f} |")
-    lines += ["", "## Clusters (HDBSCAN, first seed)", ""]
+    lines += ["", f"## Clusters ({args.cluster_method}, first seed)", ""]
     for (model, dataset), seeds in runs.items():
         try:
-            result = cluster_layers(seeds[0]["history"])
+            result = cluster_layers(seeds[0]["history"], method=args.cluster_method)
             lines.append(f"### {model} on {dataset}\n\n{result.markdown()}\n")
         except ValueError as err:
             lines.append(f"### {model} on {dataset}\n\nnot clustered: {err}\n")
