@@ -29,29 +29,31 @@ from torch import nn
 from lightning_rwc.tracker import WeightChangeTracker, select_parameters
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
-    """A median timer in milliseconds: CUDA events on a GPU, perf_counter on the CPU."""
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call: CUDA events around it on a GPU, perf_counter on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
-    def run(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
 
-    return run
+def interleaved(contenders: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each contender, timed round by round so that drift of the machine hits all alike."""
+    for fn in contenders.values():  # warm-up: allocations, first-call costs
+        fn()
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            times[name].append(time_once(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def many_small_layers(n: int = 1200, width: int = 64) -> nn.Module:
@@ -94,29 +96,25 @@ def numpy_step(current: list[torch.Tensor], previous: list[np.ndarray]) -> dict[
 
 def bench_kernel(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
     rows = []
-    measure = timer(device)
     for name, build in models(smoke).items():
         model = build().to(device)
         params = [p.detach() for _, p in select_parameters(model)]
         buffer = [p.clone() for p in params]
-        nbytes = sum(p.numel() * p.element_size() for p in params)
-        bound = measure(lambda b=buffer, p=params: torch._foreach_copy_(b, p), repeats, 3)
-        row = {"model": name, "tensors": len(params), "MB": nbytes / 1e6, "copy_ms": bound}
-        for norm in ("l1", "l2", "elementwise"):
-            tracker = WeightChangeTracker(model, norm=norm)
-            row[f"{norm}_ms"] = measure(tracker.step, repeats, 3)
-            del tracker
         previous = [p.clone() for p in params]
-        row["naive_ms"] = measure(lambda c=params, q=previous: naive_step(c, q), repeats, 2)
+        contenders = {"copy": lambda b=buffer, p=params: torch._foreach_copy_(b, p)}
+        for norm in ("l1", "l2", "elementwise"):
+            contenders[norm] = WeightChangeTracker(model, norm=norm).step
+        contenders["naive"] = lambda c=params, q=previous: naive_step(c, q)
         if device.type == "cuda":
-            host = WeightChangeTracker(model, snapshot_device="cpu")
-            row["l1_host_snapshot_ms"] = measure(host.step, repeats, 2)
-            del host
+            contenders["l1_host_snapshot"] = WeightChangeTracker(model, snapshot_device="cpu").step
         else:
             arrays = [p.numpy().copy() for p in params]
-            row["numpy_ms"] = measure(lambda c=params, a=arrays: numpy_step(c, a), max(3, repeats // 3), 1)
+            contenders["numpy"] = lambda c=params, a=arrays: numpy_step(c, a)
+        times = interleaved(contenders, device, repeats)
+        row = {"model": name, "tensors": len(params), "MB": sum(p.numel() * p.element_size() for p in params) / 1e6}
+        row.update({f"{contender}_ms": ms for contender, ms in times.items()})
         rows.append(row)
-        del model, params, buffer, previous
+        del model, params, buffer, previous, contenders
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -97,6 +97,8 @@ class WeightChangeTracker:
         self.snapshot_device = None if snapshot_device is None else torch.device(snapshot_device)
         self.model = model
         self._tensors: dict[str, _Tracked] = {}
+        self._groups: list[tuple[list[int], _CpuSnapshot | _TensorLists]] = []
+        self._pointers: list[int] = []
         self._warned: set[tuple[str, str]] = set()
         self._sync_parameters()
         if not self._tensors:
@@ -112,8 +114,12 @@ class WeightChangeTracker:
 
     @property
     def snapshot_bytes(self) -> int:
-        """Bytes held by the snapshot (one copy of the tracked weights, or of this rank's shards)."""
-        return sum(t.snapshot.numel() * t.snapshot.element_size() for t in self._tensors.values())
+        """Bytes held by the snapshot: one copy of the tracked weights (or of this rank's shards).
+
+        On the CPU the snapshot also fills the last row of each tensor (up to :data:`ROW` - 1 elements).
+        """
+        storages = [t.snapshot.untyped_storage() for t in self._tensors.values()]
+        return sum({storage.data_ptr(): storage.nbytes() for storage in storages}.values())
 
     def step(self) -> dict[str, float]:
         """Measure every tracked layer against the previous measurement and make the current weights the baseline.
@@ -123,15 +129,20 @@ class WeightChangeTracker:
             Parameters that appeared since the last call get their baseline now and no value yet.
         """
         fresh = self._sync_parameters()
-        measured = [name for name in self._tensors if name not in fresh]
+        names = list(self._tensors)
+        measured = [index for index, name in enumerate(names) if name not in fresh]
         if not measured:
             return {}
-        partials = self._partials([self._tensors[name] for name in measured])
-        if any(t.sharded for t in self._tensors.values()):
-            copies = [self._tensors[name].copies() for name in measured]
+        tracked = list(self._tensors.values())
+        partials = self._partials(tracked)
+        if len(measured) < len(tracked):
+            partials = partials[:, measured]
+        if any(t.sharded for t in tracked):
+            copies = [tracked[index].copies() for index in measured]
             partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
-        values = {name: self._ratio(name, a, b) for name, a, b in zip(measured, numerators, denominators, strict=True)}
+        names = [names[index] for index in measured]
+        values = {name: self._ratio(name, a, b) for name, a, b in zip(names, numerators, denominators, strict=True)}
         values[ALL_KEY] = self._ratio(ALL_KEY, math.fsum(numerators), math.fsum(denominators))
         return values
 
@@ -163,30 +174,46 @@ class WeightChangeTracker:
     def _sync_parameters(self) -> set[str]:
         """Follow the model's parameter set; return the names that got a new baseline."""
         current = dict(select_parameters(self.model, self.params, self.include, self.exclude))
-        for name in [name for name, tracked in self._tensors.items() if current.get(name) is not tracked.param]:
+        removed = [name for name, tracked in self._tensors.items() if current.get(name) is not tracked.param]
+        for name in removed:
             del self._tensors[name]
-        fresh = set()
-        for name, param in current.items():
-            if name not in self._tensors:
-                self._tensors[name] = _Tracked.create(param, self.snapshot_device)
-                fresh.add(name)
+        fresh = {name for name in current if name not in self._tensors}
+        for name in fresh:
+            self._tensors[name] = _Tracked.create(current[name], self.snapshot_device)
+        if fresh or removed:
+            self._tensors = {name: self._tensors[name] for name in current}
+            self._arrange(list(self._tensors.values()))
         return fresh
+
+    def _arrange(self, tracked: list[_Tracked]) -> None:
+        """Group ``tracked`` by device, dtype and where the snapshot lives, and lay out the CPU snapshots.
+
+        Done again whenever the tracked set changes or a weight gets new storage (``param.data = ...``, as
+        ``model.to(...)`` does): the snapshot follows the weights to their dtype and device.
+        """
+        keys: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+        for index, item in enumerate(tracked):
+            local = item.local()
+            device = local.device if self.snapshot_device is None else self.snapshot_device
+            item.snapshot = item.snapshot.to(device, local.dtype)
+            key = (item.param.device, item.param.dtype, item.snapshot.device != item.param.device)
+            keys.setdefault(key, []).append(index)
+        self._groups = []
+        for (device, _, streamed), indices in keys.items():
+            members = [tracked[i] for i in indices]
+            group = _CpuSnapshot(members) if device.type == "cpu" and not streamed else _TensorLists(members, streamed)
+            self._groups.append((indices, group))
+        self._pointers = [item.data_ptr() for item in tracked]
 
     def _partials(self, tracked: list[_Tracked]) -> Tensor:
         """Additive per-layer numerators and denominators, shape ``(2, len(tracked))``, float64 on one device."""
-        groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
-        for index, item in enumerate(tracked):
-            key = (item.param.device, item.param.dtype, item.snapshot.device != item.param.device)
-            groups.setdefault(key, []).append(index)
+        if [item.data_ptr() for item in tracked] != self._pointers or not all(g.reusable for _, g in self._groups):
+            self._arrange(tracked)
         device = tracked[0].param.device
         parts, order = [], []
         with torch.no_grad():
-            for (_, dtype, streamed), indices in groups.items():
-                reduce = _reduce_streamed if streamed else _reduce_fused
-                current = [tracked[i].local() for i in indices]
-                snapshots = [tracked[i].snapshot for i in indices]
-                partial = reduce(current, snapshots, self.norm, _accumulation_dtype(dtype))
-                parts.append(partial.to(device, torch.float64))
+            for indices, group in self._groups:
+                parts.append(group.measure(self.norm).to(device, torch.float64))
                 order.extend(indices)
         partials = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if order != sorted(order):
@@ -232,6 +259,9 @@ class _Tracked:
 
     def local(self) -> Tensor:
         return (self.param.to_local() if self.sharded else self.param).detach()
+
+    def data_ptr(self) -> int:
+        return (self.param.to_local() if self.sharded else self.param).data_ptr()
 
     def copies(self) -> int:
         """On how many ranks each element lives: the replicated mesh dimensions of a DTensor, every rank otherwise."""
@@ -372,8 +402,6 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
         torch._foreach_copy_(snapshots, current)
         return sums
     order = 1 if norm == "l1" else 2
-    if current[0].device.type == "cpu":
-        return _reduce_cpu(current, snapshots, order, acc)
     dtype = None if acc == current[0].dtype else acc
     denominators = torch._foreach_norm(snapshots, order, dtype=dtype)
     torch._foreach_sub_(snapshots, current)
@@ -383,57 +411,164 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
     return partials.square_() if order == 2 else partials
 
 
-def _reduce_cpu(current: list[Tensor], snapshots: list[Tensor], order: int, acc: torch.dtype) -> Tensor:
-    """:func:`_reduce_fused` on the CPU: chunk by chunk, so that each chunk is still in cache for its next pass.
+class _TensorLists:
+    """Tensors of one device and dtype measured with multi-tensor kernels (or streamed from a host snapshot)."""
 
-    PyTorch's CPU norm kernels are slower than a plain sum and accumulate in one long float32 sum, which loses whole
-    percents on a layer of 100 M weights; here each chunk of :data:`CHUNK` elements is summed on its own and the
-    chunk sums are added in float64.
+    reusable = True
+
+    def __init__(self, members: list[_Tracked], streamed: bool) -> None:
+        self.current = [item.local() for item in members]
+        self.snapshots = [item.snapshot for item in members]
+        self.reduce = _reduce_streamed if streamed else _reduce_fused
+        self.accumulate = _accumulation_dtype(self.current[0].dtype)
+
+    def measure(self, norm: str) -> Tensor:
+        """Per-tensor numerators and denominators, shape ``(2, k)``; refreshes the snapshot."""
+        return self.reduce(self.current, self.snapshots, norm, self.accumulate)
+
+
+ROW = 256
+"""Elements per row of the CPU's flat snapshot of small tensors: each starts on a new row, rows are summed alone."""
+
+BATCH = 1 << 19
+"""Elements measured together on the CPU (2 MB of float32), so that weights, snapshot and scratch stay in cache."""
+
+
+class _CpuSnapshot:
+    """The snapshot of CPU tensors of one dtype, and the plan that measures them in cache-sized batches.
+
+    A tensor of at least ``BATCH / 4`` elements keeps its own snapshot and is measured in pieces of ``BATCH``
+    elements. Smaller tensors share one ``(rows, ROW)`` buffer in which each fills whole rows in its memory order
+    (the rest of its last row stays zero); for each ``BATCH`` elements of that buffer one ``torch.cat`` gathers the
+    current weights. Every batch then takes the same few operations, whatever the number of tensors in it: the row
+    sums of ``|P|`` and ``|P - W|`` (or of the squares, or of the element ratios), then ``P <- W``, while both are
+    still in cache. A per-tensor loop pays for each operation once per tensor instead.
+
+    The views of the weights stay valid while their storage does (the tracker checks it before each measurement).
     """
 
-    def reduce(x: Tensor) -> Tensor:
-        if order == 1:
-            return x.abs().sum(dtype=acc)
-        flat = x.reshape(-1)
-        return torch.dot(flat, flat) if x.dtype == acc else flat.to(acc).square().sum()
+    def __init__(self, members: list[_Tracked]) -> None:
+        current = [item.local() for item in members]
+        orders = [_memory_order(w) for w in current]
+        self.count = len(members)
+        self.reusable = None not in orders  # a tensor that is not dense is gathered through a copy
+        self.units: list[_Unit] = []
+        self.scratch = torch.empty(BATCH, dtype=current[0].dtype)
+        owners: list[int] = []
+        small = [i for i, w in enumerate(current) if orders[i] is None or w.numel() < BATCH // 4]
+        self._gather_small(members, current, orders, small, owners)
+        for i in sorted(set(range(self.count)) - set(small)):
+            members[i].snapshot = _own(members[i].snapshot, current[i])
+            order = orders[i]
+            source, snapshot = (t.permute(order).view(-1) for t in (current[i], members[i].snapshot))
+            for offset in range(0, current[i].numel(), BATCH):
+                piece = slice(offset, offset + BATCH)
+                self.units.append(_Unit(None, source[piece].view(1, -1), snapshot[piece].view(1, -1)))
+                owners.append(i)
+        self.owners = torch.tensor(owners, dtype=torch.int64)
+        self.sums = torch.empty(2, len(owners), dtype=_accumulation_dtype(current[0].dtype))
+        column = 0
+        for unit in self.units:
+            unit.scratch = self.scratch[: unit.snapshot.numel()].view(unit.snapshot.shape)
+            unit.sums = self.sums[:, column : column + len(unit.snapshot)]
+            column += len(unit.snapshot)
 
-    w_chunks, owners = _chunks(current)
-    p_chunks, _ = _chunks(snapshots)
-    numerators, denominators = [], []
-    for w, p in zip(w_chunks, p_chunks, strict=True):
-        denominators.append(reduce(p))
-        p.sub_(w)
-        numerators.append(reduce(p))
-        p.copy_(w)
-    partials = torch.stack([torch.stack(numerators), torch.stack(denominators)]).to(torch.float64)
-    if len(owners) == len(current):
-        return partials
-    return partials.new_zeros((2, len(current))).index_add_(1, torch.tensor(owners), partials)
+    def _gather_small(
+        self,
+        members: list[_Tracked],
+        current: list[Tensor],
+        orders: list[list[int] | None],
+        small: list[int],
+        owners: list[int],
+    ) -> None:
+        """Lay out the ``small`` tensors in the shared row buffer and plan one gathering batch per ``BATCH``."""
+        rows = {i: -(-current[i].numel() // ROW) for i in small}
+        self.buffer = torch.zeros(sum(rows.values()), ROW, dtype=self.scratch.dtype)
+        batch_rows = BATCH // ROW
+        batches: list[list[Tensor]] = [[] for _ in range(-(-len(self.buffer) // batch_rows))]
+        zeros = torch.zeros(ROW, dtype=self.scratch.dtype)
+        start = 0
+        for i in small:
+            w, count, order = current[i], rows[i], orders[i] or list(range(current[i].dim()))
+            source = w.permute(order).reshape(-1)
+            segment = self.buffer.view(-1)[start * ROW : start * ROW + w.numel()]
+            snapshot = segment.view([w.shape[d] for d in order]).permute(_inverse(order))
+            members[i].snapshot = snapshot.copy_(members[i].snapshot)
+            for row in range(start, start + count):
+                if row == start or row % batch_rows == 0:  # the tensor's first row, or the first of a new batch
+                    end = min(start + count, (row // batch_rows + 1) * batch_rows)
+                    batches[row // batch_rows].append(source[(row - start) * ROW : (end - start) * ROW])
+            if w.numel() % ROW:
+                batches[(start + count - 1) // batch_rows].append(zeros[: ROW - w.numel() % ROW])
+            owners += [i] * count
+            start += count
+        gathered = torch.empty(min(batch_rows, len(self.buffer)), ROW, dtype=self.scratch.dtype)
+        for index, batch in enumerate(batches):
+            snapshot = self.buffer[index * batch_rows : (index + 1) * batch_rows]
+            self.units.append(_Unit(batch, gathered[: len(snapshot)], snapshot))
+
+    def measure(self, norm: str) -> Tensor:
+        """Per-tensor numerators and denominators, shape ``(2, k)`` in float64; refreshes the snapshot."""
+        for unit in self.units:
+            if unit.gather is not None:
+                torch.cat(unit.gather, out=unit.weights.view(-1))
+            _row_sums(unit.weights, unit.snapshot, unit.scratch, unit.sums, norm)
+            unit.snapshot.copy_(unit.weights)
+        partials = torch.zeros(2, self.count, dtype=torch.float64)
+        return partials.index_add_(1, self.owners, self.sums.to(torch.float64))
 
 
-CHUNK = 1 << 16
-"""Elements per chunk of a fused reduction (a float32 sum over this many values stays accurate)."""
+@dataclass(eq=False)
+class _Unit:
+    """One batch of a :class:`_CpuSnapshot`: rows of weights (gathered from ``gather`` if given) and of snapshot."""
+
+    gather: list[Tensor] | None
+    weights: Tensor
+    snapshot: Tensor
+    scratch: Tensor = field(init=False)
+    sums: Tensor = field(init=False)
 
 
-def _chunks(tensors: list[Tensor]) -> tuple[list[Tensor], list[int]]:
-    """Views of at most :data:`CHUNK` elements that cover ``tensors`` in memory order, and the owner of each view.
+def _own(previous: Tensor, weights: Tensor) -> Tensor:
+    """``previous`` if it is a snapshot of its own laid out like ``weights``, else a copy of it that is."""
+    if (
+        previous.dtype == weights.dtype
+        and previous.stride() == weights.stride()
+        and previous.untyped_storage().nbytes() == weights.numel() * weights.element_size()
+    ):
+        return previous
+    return torch.empty_like(weights).copy_(previous)
 
-    Weights and their snapshot have the same strides, so their chunk lists pair up element by element.
-    """
-    views: list[Tensor] = []
-    owners: list[int] = []
-    for i, t in enumerate(tensors):
-        if t.numel() <= CHUNK:
-            parts: tuple[Tensor, ...] | list[Tensor] = [t]
-        elif t.is_contiguous():
-            parts = t.view(-1).split(CHUNK)
-        elif t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-            parts = t.permute(0, 2, 3, 1).reshape(-1).split(CHUNK)
-        else:
-            parts = [t]
-        views.extend(parts)
-        owners.extend([i] * len(parts))
-    return views, owners
+
+def _row_sums(w: Tensor, p: Tensor, scratch: Tensor, out: Tensor, norm: str) -> None:
+    """Row sums of current rows ``w`` against snapshot rows ``p``: numerators to ``out[0]``, denominators ``out[1]``."""
+    if norm == "elementwise":
+        out.copy_(_elementwise_sums(w, p, dim=1))
+        return
+    torch.sum(_powers(p, scratch, norm), 1, dtype=out.dtype, out=out[1])
+    torch.sum(_powers(torch.sub(p, w, out=scratch), scratch, norm), 1, dtype=out.dtype, out=out[0])
+
+
+def _powers(x: Tensor, scratch: Tensor, norm: str) -> Tensor:
+    """``|x|`` (``norm="l1"``) or ``x ** 2``, written into ``scratch`` (squares of half precision in float32)."""
+    if norm == "l1":
+        return torch.abs(x, out=scratch)
+    if x.dtype in _LOW_PRECISION:
+        return x.to(torch.float32).square_()
+    return torch.mul(x, x, out=scratch)
+
+
+def _memory_order(t: Tensor) -> list[int] | None:
+    """The order of ``t``'s dimensions from outermost to innermost in memory, or ``None`` if it is not dense."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return inverse
 
 
 def _reduce_streamed(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:
@@ -453,12 +588,14 @@ def _reduce_streamed(current: list[Tensor], snapshots: list[Tensor], norm: str, 
     return torch.stack(pairs, dim=1)
 
 
-def _elementwise_sums(w: Tensor, p: Tensor) -> Tensor:
-    """Sum of ``|w - p| / |p|`` over the elements where ``p != 0``, and the number of those elements."""
+def _elementwise_sums(w: Tensor, p: Tensor, dim: int | None = None) -> Tensor:
+    """Sums of ``|w - p| / |p|`` over the elements where ``p != 0`` and the numbers of those elements (over ``dim``)."""
     nonzero = p != 0
     ratios = (w - p).abs().to(torch.float32 if w.dtype in _LOW_PRECISION else w.dtype) / p.abs()
-    total = torch.where(nonzero, ratios, torch.zeros((), dtype=ratios.dtype, device=ratios.device)).sum()
-    return torch.stack([total.to(torch.float64), nonzero.sum().to(torch.float64)])
+    total = torch.where(nonzero, ratios, torch.zeros((), dtype=ratios.dtype, device=ratios.device))
+    if dim is None:
+        return torch.stack([total.sum().to(torch.float64), nonzero.sum().to(torch.float64)])
+    return torch.stack([total.sum(dim).to(torch.float64), nonzero.sum(dim).to(torch.float64)])
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

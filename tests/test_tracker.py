@@ -216,12 +216,53 @@ def test_no_per_layer_item_calls(monkeypatch):
 def test_snapshot_is_one_copy_refreshed_in_place(tiny_net):
     tracker = WeightChangeTracker(tiny_net)
     tracked = dict(tiny_net.named_parameters())
-    assert tracker.snapshot_bytes == sum(tracked[n].numel() * 4 for n in tracker.names)
+    weight_bytes = sum(tracked[n].numel() * 4 for n in tracker.names)
+    row_fill = len(tracker.names) * (tracker_module.ROW - 1) * 4
+    assert weight_bytes <= tracker.snapshot_bytes <= weight_bytes + row_fill
     pointers = [t.snapshot.data_ptr() for t in tracker._tensors.values()]
     perturb(tiny_net, 0, 0.1)
     tracker.step()
     assert [t.snapshot.data_ptr() for t in tracker._tensors.values()] == pointers
     assert tracker.step() == {name: 0.0 for name in [*tracker.names, "_all"]}
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+def test_layers_split_across_many_batches_and_partial_rows_match_reference(monkeypatch, norm):
+    monkeypatch.setattr(tracker_module, "ROW", 8)
+    monkeypatch.setattr(tracker_module, "BATCH", 40)  # 5 rows; layers of 10 elements or more are measured alone
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(3 + i % 7, 2 + i % 5) for i in range(40)], nn.Linear(50, 30))
+    tracker = WeightChangeTracker(model, norm=norm, params="trainable")
+    for seed in (1, 2):
+        before = weights(model, tracker.names)
+        perturb(model, seed, 0.01)
+        expected = reference_rwc(before, weights(model, tracker.names), norm)
+        assert tracker.step() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weights_in_any_memory_layout_match_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)).to(memory_format=torch.channels_last)
+    model.transposed = nn.Parameter(torch.randn(6, 5).t())
+    model.strided = nn.Parameter(torch.randn(6, 10)[:, ::2])
+    assert not model.transposed.is_contiguous() and tracker_module._memory_order(model.strided) is None
+    tracker = WeightChangeTracker(model)
+    for seed in (1, 2):
+        before = weights(model, tracker.names)
+        perturb(model, seed, 0.01)
+        assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"))
+
+
+def test_replaced_weight_storage_keeps_the_baseline(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    before = weights(tiny_net, tracker.names)
+    with torch.no_grad():
+        tiny_net.head.weight.data = tiny_net.head.weight.data.mul(1.5)
+    tiny_net.double()
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(tiny_net, tracker.names), "l1"))
+    before = weights(tiny_net, tracker.names)
+    perturb(tiny_net, 0, 0.01)
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(tiny_net, tracker.names), "l1"))
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
@@ -233,6 +274,24 @@ def test_snapshot_in_host_memory_gives_the_same_values(norm):
     for seed in (1, 2):
         perturb(model, seed, 0.01)
         assert on_host.step() == pytest.approx(default.step(), rel=1e-6)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["multi-tensor", "streamed"])
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+def test_the_accelerator_paths_match_reference_on_cpu_tensors(norm, streamed):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    tracker = WeightChangeTracker(model, norm=norm)
+    group = tracker_module._TensorLists(list(tracker._tensors.values()), streamed)
+    before = weights(model, tracker.names)
+    perturb(model, 1, 0.01)
+    numerators, denominators = group.measure(norm).tolist()
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    got = dict(zip(tracker.names, [math.sqrt(r) for r in ratios] if norm == "l2" else ratios, strict=True))
+    expected = reference_rwc(before, weights(model, tracker.names), norm)
+    # rel=1e-4 as on the GPU: PyTorch's CPU norm kernels sum 2.4 M elements in float32 (error about 2e-5 here)
+    assert got == pytest.approx({name: expected[name] for name in tracker.names}, rel=1e-4)
+    assert all(torch.equal(p, w) for p, w in zip(group.snapshots, group.current, strict=True))
 
 
 def test_parameters_that_appear_or_disappear_start_and_end_their_curves(tiny_net):
