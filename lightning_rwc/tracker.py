@@ -2,8 +2,8 @@
 
 This module is the functional core of the package: plain PyTorch, no Lightning. :class:`WeightChangeTracker` keeps
 one snapshot of the tracked weights and, on each :meth:`~WeightChangeTracker.step`, reduces every tracked tensor
-with fused multi-tensor operations, refreshes the snapshot in place and moves all the results to the host in a
-single transfer.
+(with multi-tensor kernels on accelerators, in cache-sized batches on the CPU), refreshes the snapshot in place and
+moves all the results to the host in a single transfer.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class WeightChangeTracker:
         self.model = model
         self._tensors: dict[str, _Tracked] = {}
         self._groups: list[tuple[list[int], _CpuSnapshot | _TensorLists]] = []
+        self._sharded = False
         self._pointers: list[int] = []
         self._warned: set[tuple[str, str]] = set()
         self._sync_parameters()
@@ -137,7 +138,7 @@ class WeightChangeTracker:
         partials = self._partials(tracked)
         if len(measured) < len(tracked):
             partials = partials[:, measured]
-        if any(t.sharded for t in tracked):
+        if self._sharded:
             copies = [tracked[index].copies() for index in measured]
             partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
@@ -204,6 +205,7 @@ class WeightChangeTracker:
             group = _CpuSnapshot(members) if device.type == "cpu" and not streamed else _TensorLists(members, streamed)
             self._groups.append((indices, group))
         self._pointers = [item.data_ptr() for item in tracked]
+        self._sharded = any(item.sharded for item in tracked)
 
     def _partials(self, tracked: list[_Tracked]) -> Tensor:
         """Additive per-layer numerators and denominators, shape ``(2, len(tracked))``, float64 on one device."""
@@ -290,12 +292,13 @@ def select_parameters(
         ['0.weight', '1.weight']
     """
     selected = []
+    kernels_only = params == "weights"
     for name, param in model.named_parameters():
-        if not param.requires_grad or (params == "weights" and param.dim() < 2):
+        if not param.requires_grad or (kernels_only and param.ndim < 2):
             continue
         if include and not any(p.search(name) for p in include):
             continue
-        if any(p.search(name) for p in exclude):
+        if exclude and any(p.search(name) for p in exclude):
             continue
         selected.append((name, param))
     return selected
