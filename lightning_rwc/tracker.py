@@ -595,10 +595,8 @@ def _elementwise_sums(w: Tensor, p: Tensor, dim: int | None = None) -> Tensor:
     """Sums of ``|w - p| / |p|`` over the elements where ``p != 0`` and the numbers of those elements (over ``dim``)."""
     nonzero = p != 0
     ratios = (w - p).abs().to(torch.float32 if w.dtype in _LOW_PRECISION else w.dtype) / p.abs()
-    total = torch.where(nonzero, ratios, torch.zeros((), dtype=ratios.dtype, device=ratios.device))
-    if dim is None:
-        return torch.stack([total.sum().to(torch.float64), nonzero.sum().to(torch.float64)])
-    return torch.stack([total.sum(dim).to(torch.float64), nonzero.sum(dim).to(torch.float64)])
+    total = torch.where(nonzero, ratios, torch.zeros((), dtype=ratios.dtype, device=ratios.device)).sum(dim)
+    return torch.stack([total.to(torch.float64), nonzero.sum(dim).to(torch.float64)])
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
