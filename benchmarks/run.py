@@ -140,6 +140,7 @@ def bench_memory(device: torch.device) -> list[dict]:
             "snapshot": snapshot_device or "beside weights",
             "tracked_MB": tracked / 1e6,
             "snapshot_MB": tracker.snapshot_bytes / 1e6,
+            "snapshot/tracked": tracker.snapshot_bytes / tracked,
         }
         if device.type == "cuda":
             row["peak_extra_gpu_MB"] = (torch.cuda.max_memory_allocated() - base) / 1e6
