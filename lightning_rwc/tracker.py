@@ -2,8 +2,9 @@
 
 This module is the functional core of the package: plain PyTorch, no Lightning. :class:`WeightChangeTracker` keeps
 one snapshot of the tracked weights and, on each :meth:`~WeightChangeTracker.step`, reduces every tracked tensor
-(with multi-tensor kernels on accelerators, in cache-sized batches on the CPU), refreshes the snapshot in place and
-moves all the results to the host in a single transfer.
+(in one pass with the Triton kernel of :mod:`lightning_rwc.fused` on CUDA, with multi-tensor kernels on other
+accelerators, in cache-sized batches on the CPU), refreshes the snapshot in place and moves all the results to the
+host in a single transfer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_rwc import fused
 from lightning_rwc.keys import ALL_KEY
 
 Norm = Literal["l1", "l2", "elementwise"]
@@ -27,6 +29,7 @@ NORMS: tuple[str, ...] = ("l1", "l2", "elementwise")
 PARAM_SELECTIONS: tuple[str, ...] = ("weights", "trainable")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REPORTED: set[str] = set()  # why the fused kernel was not usable, each said once per process
 
 
 class WeightChangeTracker:
@@ -202,7 +205,10 @@ class WeightChangeTracker:
         self._groups = []
         for (device, _, streamed), indices in keys.items():
             members = [tracked[i] for i in indices]
-            group = _CpuSnapshot(members) if device.type == "cpu" and not streamed else _TensorLists(members, streamed)
+            if device.type == "cpu" and not streamed:
+                group: _CpuSnapshot | _TensorLists = _CpuSnapshot(members)
+            else:
+                group = _TensorLists(members, streamed, self.norm)
             self._groups.append((indices, group))
         self._pointers = [item.data_ptr() for item in tracked]
         self._sharded = any(item.sharded for item in tracked)
@@ -394,7 +400,7 @@ def all_reduce_sum(partials: Tensor) -> Tensor:
     return partials
 
 
-def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:
+def _reduce_foreach(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:
     """Per-tensor numerators and denominators, shape ``(2, k)``, with multi-tensor kernels; refreshes ``snapshots``.
 
     The snapshot is turned into ``P - W`` in place, so no memory beyond the snapshot is allocated (except for the
@@ -415,19 +421,47 @@ def _reduce_fused(current: list[Tensor], snapshots: list[Tensor], norm: str, acc
 
 
 class _TensorLists:
-    """Tensors of one device and dtype measured with multi-tensor kernels (or streamed from a host snapshot)."""
+    """Tensors of one accelerator and dtype, measured by the fused kernel, multi-tensor kernels or streaming.
+
+    The one-pass kernel of :mod:`lightning_rwc.fused` is used on CUDA where it works; PyTorch's multi-tensor kernels
+    otherwise; a snapshot in host memory is streamed to the device one tensor at a time.
+    """
 
     reusable = True
 
-    def __init__(self, members: list[_Tracked], streamed: bool) -> None:
+    def __init__(self, members: list[_Tracked], streamed: bool, norm: str) -> None:
         self.current = [item.local() for item in members]
         self.snapshots = [item.snapshot for item in members]
-        self.reduce = _reduce_streamed if streamed else _reduce_fused
+        self.reduce = _reduce_streamed if streamed else _reduce_foreach
         self.accumulate = _accumulation_dtype(self.current[0].dtype)
+        self.kernel = None if streamed else _fused_kernel(self.current, self.snapshots, self.accumulate, norm)
 
     def measure(self, norm: str) -> Tensor:
         """Per-tensor numerators and denominators, shape ``(2, k)``; refreshes the snapshot."""
+        if self.kernel is not None:
+            return self.kernel.measure(norm)
         return self.reduce(self.current, self.snapshots, norm, self.accumulate)
+
+
+def _fused_kernel(
+    current: list[Tensor], snapshots: list[Tensor], acc: torch.dtype, norm: str
+) -> fused.FusedKernel | None:
+    """The one-pass kernel for these tensors if it is enabled, works on their device and they are laid out for it."""
+    if not fused.ENABLED or current[0].device.type != "cuda":
+        return None
+    if any(_memory_order(w) is None or w.stride() != p.stride() for w, p in zip(current, snapshots, strict=True)):
+        return None
+    problem = fused.problem(current[0].device, current[0].dtype, norm)
+    if problem is not None:
+        if problem not in _REPORTED:
+            _REPORTED.add(problem)
+            warnings.warn(
+                f"Measuring with PyTorch's multi-tensor kernels: the fused Triton kernel is not usable ({problem}).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return None
+    return fused.FusedKernel(current, snapshots, acc)
 
 
 ROW = 256
@@ -575,7 +609,7 @@ def _inverse(order: list[int]) -> list[int]:
 
 
 def _reduce_streamed(current: list[Tensor], snapshots: list[Tensor], norm: str, acc: torch.dtype) -> Tensor:
-    """Like :func:`_reduce_fused` for a snapshot in host memory: one tensor at a time on the weights' device."""
+    """Like :func:`_reduce_foreach` for a snapshot in host memory: one tensor at a time on the weights' device."""
     pairs = []
     for w, host in zip(current, snapshots, strict=True):
         p = host.to(w.device, non_blocking=True)

@@ -12,7 +12,7 @@ from conftest import reference_rwc, weights
 from torch import nn
 
 import lightning_rwc.tracker as tracker_module
-from lightning_rwc import WeightChangeTracker
+from lightning_rwc import WeightChangeTracker, fused
 from lightning_rwc.tracker import select_parameters
 
 MODELS = {
@@ -282,7 +282,7 @@ def test_the_accelerator_paths_match_reference_on_cpu_tensors(norm, streamed):
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     tracker = WeightChangeTracker(model, norm=norm)
-    group = tracker_module._TensorLists(list(tracker._tensors.values()), streamed)
+    group = tracker_module._TensorLists(list(tracker._tensors.values()), streamed, norm)
     before = weights(model, tracker.names)
     perturb(model, 1, 0.01)
     numerators, denominators = group.measure(norm).tolist()
@@ -342,3 +342,49 @@ def test_on_gpu_matches_reference_without_per_layer_syncs(snapshot_device):
     expected = reference_rwc(before, weights(model, tracker.names), "l1")
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-4), name
+
+
+def perturb_on_gpu(model: nn.Module, seed: int) -> None:
+    """Scale every weight by 1 + 1% noise (a change smaller than the weight: exact in half precision too)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.01 * torch.randn(p.shape, device="cuda", generator=g, dtype=p.dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(norm, dtype, monkeypatch):
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().to("cuda", dtype)
+    fast = WeightChangeTracker(model, norm=norm)
+    monkeypatch.setattr(fused, "ENABLED", False)
+    multi_tensor = WeightChangeTracker(model, norm=norm)
+    assert [group.kernel is not None for _, group in fast._groups] == [True]
+    assert [group.kernel is None for _, group in multi_tensor._groups] == [True]
+    for seed in (1, 2):
+        before = weights(model, fast.names)
+        perturb_on_gpu(model, seed)
+        expected = reference_rwc(before, weights(model, fast.names), norm)
+        got = fast.step()
+        assert got == pytest.approx(expected, rel=1e-4)
+        assert got == pytest.approx(multi_tensor.step(), rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_gpu_a_kernel_that_cannot_run_is_reported_once_and_replaced(monkeypatch):
+    monkeypatch.setattr(fused, "problem", lambda device, dtype, norm: "RuntimeError: no C compiler found")
+    monkeypatch.setattr(tracker_module, "_REPORTED", set())
+    model = torchvision.models.resnet18().cuda()
+    with pytest.warns(RuntimeWarning, match="multi-tensor kernels.*no C compiler found"):
+        tracker = WeightChangeTracker(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightChangeTracker(model)
+    before = weights(model, tracker.names)
+    perturb_on_gpu(model, 1)
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"), rel=1e-4)
