@@ -132,16 +132,17 @@ class WeightChangeTracker:
             ``{parameter name: RWC}`` as Python floats, plus ``"_all"`` for all tracked weights as one vector.
             Parameters that appeared since the last call get their baseline now and no value yet.
         """
-        fresh = self._sync_parameters()
-        names = list(self._tensors)
-        measured = [index for index, name in enumerate(names) if name not in fresh]
-        if not measured:
+        names, tracked, sharded = list(self._tensors), list(self._tensors.values()), self._sharded
+        # On an accelerator the kernels run while the host looks for parameters that appeared or went away; those
+        # that went away (or were replaced) since the last call are measured for nothing and left out.
+        partials = self._partials(tracked) if tracked else None
+        self._sync_parameters()
+        measured = [index for index, name in enumerate(names) if self._tensors.get(name) is tracked[index]]
+        if partials is None or not measured:
             return {}
-        tracked = list(self._tensors.values())
-        partials = self._partials(tracked)
         if len(measured) < len(tracked):
             partials = partials[:, measured]
-        if self._sharded:
+        if sharded:
             copies = [tracked[index].copies() for index in measured]
             partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
@@ -175,8 +176,8 @@ class WeightChangeTracker:
             for tracked in self._tensors.values():
                 tracked.snapshot.copy_(tracked.local())
 
-    def _sync_parameters(self) -> set[str]:
-        """Follow the model's parameter set; return the names that got a new baseline."""
+    def _sync_parameters(self) -> None:
+        """Follow the model's parameter set: new parameters get their baseline, those that went away are dropped."""
         current = dict(select_parameters(self.model, self.params, self.include, self.exclude))
         removed = [name for name, tracked in self._tensors.items() if current.get(name) is not tracked.param]
         for name in removed:
@@ -187,7 +188,6 @@ class WeightChangeTracker:
         if fresh or removed:
             self._tensors = {name: self._tensors[name] for name in current}
             self._arrange(list(self._tensors.values()))
-        return fresh
 
     def _arrange(self, tracked: list[_Tracked]) -> None:
         """Group ``tracked`` by device, dtype and where the snapshot lives, and lay out the CPU snapshots.

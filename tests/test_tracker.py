@@ -306,6 +306,34 @@ def test_parameters_that_appear_or_disappear_start_and_end_their_curves(tiny_net
     assert set(tracker.step()) == {"conv.weight", "extra.weight", "_all"}
 
 
+def test_replaced_frozen_or_unfrozen_parameters_restart_their_curves(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    tiny_net.head.weight = nn.Parameter(tiny_net.head.weight.detach() * 2)  # same name, new parameter
+    tiny_net.conv.weight.requires_grad_(False)
+    perturb(tiny_net, 0, 0.1)
+    assert tracker.step() == {}  # conv is no longer tracked, head has only its new baseline
+    tiny_net.conv.weight.requires_grad_(True)
+    before = weights(tiny_net, ["head.weight"])
+    perturb(tiny_net, 1, 0.1)
+    got = tracker.step()
+    assert set(got) == {"head.weight", "_all"}
+    assert got["head.weight"] == pytest.approx(
+        reference_rwc(before, weights(tiny_net, ["head.weight"]), "l1")["head.weight"]
+    )
+    assert set(tracker.step()) == {"conv.weight", "head.weight", "_all"}
+
+
+def test_a_model_left_without_parameters_gives_no_values_until_new_ones_settle(tiny_net):
+    tracker = WeightChangeTracker(tiny_net, params="trainable")
+    for p in tiny_net.parameters():
+        p.requires_grad_(False)
+    assert tracker.step() == {}
+    assert tracker.step() == {}
+    tiny_net.head.weight.requires_grad_(True)
+    assert tracker.step() == {}
+    assert set(tracker.step()) == {"head.weight", "_all"}
+
+
 def test_reset_makes_the_current_weights_the_baseline(tiny_net):
     tracker = WeightChangeTracker(tiny_net)
     perturb(tiny_net, 0, 0.1)
