@@ -25,25 +25,24 @@ NORMS = ["l1", "l2", "elementwise"]
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 
 
-def changed(tensors: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Each tensor moved by about 1% of each element, in its own dtype and memory layout."""
+def change(tensors: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Move each element by about 1%, in place: dtypes, layouts and shared storage stay as they are."""
     g = torch.Generator().manual_seed(seed)
-    moved = [t.clone() for t in tensors]
-    for m, t in zip(moved, tensors, strict=True):
-        m.copy_(t.double() * (1 + 0.01 * torch.randn(t.shape, generator=g, dtype=torch.float64)))
-    return moved
+    for t in tensors:
+        t.copy_(t.double() * (1 + 0.01 * torch.randn(t.shape, generator=g, dtype=torch.float64)))
+    return tensors
 
 
 def blocks_case(dtype: torch.dtype) -> list[torch.Tensor]:
     """One element, exactly one block, a masked tail after full blocks, more blocks than one step of the block sums."""
     g = torch.Generator().manual_seed(0)
-    previous = [torch.randn(shape, generator=g).to(dtype) for shape in [(1,), (4, 4), (7, 5), (30, 11)]]
-    previous[3][0, :5] = 0  # zeros are left out of the elementwise mean
-    return previous
+    tensors = [torch.randn(shape, generator=g).to(dtype) for shape in [(1,), (4, 4), (7, 5), (30, 11)]]
+    tensors[3][0, :5] = 0  # zeros are left out of the elementwise mean
+    return tensors
 
 
 def layouts_case() -> list[torch.Tensor]:
-    """channels_last, transposed, and views at odd offsets of one allocation (no 16-byte alignment)."""
+    """channels_last, transposed, and views at odd offsets of one allocation (not 16-byte aligned)."""
     g = torch.Generator().manual_seed(0)
     buffer = torch.randn(101, generator=g)
     return [
@@ -54,18 +53,16 @@ def layouts_case() -> list[torch.Tensor]:
     ]
 
 
-CASES = {f"{norm}-{dtype}": (blocks_case(DTYPES[dtype]), norm) for norm in NORMS for dtype in DTYPES}
-CASES["layouts"] = (layouts_case(), "l1")
+CASES = {f"{norm}-{dtype}": (lambda d=DTYPES[dtype]: blocks_case(d), norm) for norm in NORMS for dtype in DTYPES}
+CASES["layouts"] = (layouts_case, "l1")
 
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory) -> dict:
     """The kernel's sums and refreshed snapshots for every case, and the self-test's verdicts, from one child run."""
     folder = tmp_path_factory.mktemp("fused")
-    cases = {
-        name: (changed(previous, 1), [p.clone() for p in previous], norm) for name, (previous, norm) in CASES.items()
-    }
-    torch.save(cases, folder / "cases.pt")
+    cases = {name: (change(build(), 1), build(), norm) for name, (build, norm) in CASES.items()}
+    torch.save(cases, folder / "cases.pt")  # keeps strides, storage offsets and shared storage
     script = Path(__file__).with_name("fused_interpreted.py")
     subprocess.run([sys.executable, str(script), str(folder / "cases.pt"), str(folder / "results.pt")], check=True)
     results = torch.load(folder / "results.pt")
@@ -75,7 +72,7 @@ def interpreted(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_float64_reference_and_refreshes_the_snapshot(interpreted, case):
     current, previous, norm = interpreted["cases"][case]
-    sums, snapshots = interpreted["results"][case]
+    sums, snapshots, align = interpreted["results"][case]
     got = {str(i): a / b for i, (a, b) in enumerate(zip(*sums.tolist(), strict=True))}
     if norm == "l2":
         got = {name: math.sqrt(value) for name, value in got.items()}
@@ -86,6 +83,7 @@ def test_matches_float64_reference_and_refreshes_the_snapshot(interpreted, case)
     tolerance = 1e-12 if current[0].dtype == torch.float64 else 1e-6
     assert got == pytest.approx(expected, rel=tolerance)
     assert all(torch.equal(p, w) and p.stride() == w.stride() for p, w in zip(snapshots, current, strict=True))
+    assert align == (1 if case == "layouts" else 16 // current[0].element_size())  # 128-bit accesses where aligned
 
 
 @pytest.mark.parametrize("norm", NORMS)
