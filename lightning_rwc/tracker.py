@@ -103,6 +103,7 @@ class WeightChangeTracker:
         self._groups: list[tuple[list[int], _CpuSnapshot | _TensorLists]] = []
         self._sharded = False
         self._pointers: list[int] = []
+        self._layout: list[tuple[str, int, bool, int]] = []
         self._warned: set[tuple[str, str]] = set()
         self._sync_parameters()
         if not self._tensors:
@@ -178,6 +179,10 @@ class WeightChangeTracker:
 
     def _sync_parameters(self) -> None:
         """Follow the model's parameter set: new parameters get their baseline, those that went away are dropped."""
+        layout = module_layout(self.model)
+        if layout == self._layout:
+            return
+        self._layout = layout
         current = dict(select_parameters(self.model, self.params, self.include, self.exclude))
         removed = [name for name, tracked in self._tensors.items() if current.get(name) is not tracked.param]
         for name in removed:
@@ -308,6 +313,34 @@ def select_parameters(
             continue
         selected.append((name, param))
     return selected
+
+
+def module_layout(model: nn.Module) -> list[tuple[str, int, bool, int]]:
+    """All that decides which parameters :func:`select_parameters` returns, as a list that is cheap to compare.
+
+    Each submodule's attribute name and identity, and each parameter's attribute name, identity, ``requires_grad``
+    and number of dimensions. It reads the registries of :class:`~torch.nn.Module` directly: twice as fast as
+    ``named_parameters()``, which is most of the host's work in a measurement on a GPU.
+
+    Example::
+
+        >>> [entry[0] for entry in module_layout(torch.nn.Sequential(torch.nn.Linear(2, 2)))]
+        ['0', 'weight', 'bias']
+    """
+    layout: list[tuple[str, int, bool, int]] = []
+    stack, seen = [model], {id(model)}
+    while stack:
+        module = stack.pop()
+        for name, param in module._parameters.items():
+            if param is not None:
+                layout.append((name, id(param), param.requires_grad, param.ndim))
+        for name, child in module._modules.items():
+            if child is not None:
+                layout.append((name, id(child), False, -1))
+                if id(child) not in seen:  # a module met twice (or a cycle) is walked once
+                    seen.add(id(child))
+                    stack.append(child)
+    return layout
 
 
 def is_sharded(param: Tensor) -> bool:

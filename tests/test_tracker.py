@@ -323,6 +323,29 @@ def test_replaced_frozen_or_unfrozen_parameters_restart_their_curves(tiny_net):
     assert set(tracker.step()) == {"conv.weight", "head.weight", "_all"}
 
 
+def test_names_and_filters_are_resolved_again_only_when_the_model_changes(tiny_net, monkeypatch):
+    calls = []
+    original = tracker_module.select_parameters
+    monkeypatch.setattr(tracker_module, "select_parameters", lambda *args: calls.append(1) or original(*args))
+    tracker = WeightChangeTracker(tiny_net)
+    tracker.step()
+    tracker.step()
+    assert len(calls) == 1
+    tiny_net.renamed = tiny_net.head  # the same parameter under a second name: still measured under its first
+    tracker.step()
+    del tiny_net.head
+    assert set(tracker.step()) == {"conv.weight", "_all"}  # now under its new name, with a new baseline
+    assert set(tracker.step()) == {"conv.weight", "renamed.weight", "_all"}
+    assert len(calls) == 3
+
+
+def test_a_module_that_contains_itself_is_walked_once(tiny_net):
+    tiny_net.conv.add_module("loop", tiny_net)
+    tracker = WeightChangeTracker(tiny_net)
+    perturb(tiny_net, 0, 0.1)
+    assert set(tracker.step()) == {"conv.weight", "head.weight", "_all"}
+
+
 def test_a_model_left_without_parameters_gives_no_values_until_new_ones_settle(tiny_net):
     tracker = WeightChangeTracker(tiny_net, params="trainable")
     for p in tiny_net.parameters():
