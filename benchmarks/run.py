@@ -7,7 +7,7 @@ Every ratio is measured side by side in one process:
 2. the same against the naive loop users write by hand (one reduction and ``.item()`` per layer, as the original
    code did with one NumPy copy per layer), and on CUDA the fused Triton kernel against PyTorch's multi-tensor
    kernels;
-3. the epoch-time overhead of the callback in a real ``Trainer.fit`` (interleaved runs);
+3. the epoch-time overhead of the callback in a real ``Trainer.fit`` (interleaved runs, on the CPU or the GPU);
 4. the memory of the snapshot against the tracked weights;
 5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements.
 """
@@ -161,7 +161,7 @@ def bench_memory(device: torch.device) -> list[dict]:
     return rows
 
 
-def bench_training(smoke: bool, repeats: int) -> list[dict]:
+def bench_training(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
     import lightning.pytorch as pl
 
     from lightning_rwc import RelativeWeightChange
@@ -182,7 +182,7 @@ def bench_training(smoke: bool, repeats: int) -> list[dict]:
             callbacks = [] if kwargs is None else [RelativeWeightChange(**kwargs)]
             trainer = pl.Trainer(
                 max_epochs=epochs,
-                accelerator="cpu",
+                accelerator="gpu" if device.type == "cuda" else "cpu",
                 devices=1,
                 callbacks=callbacks,
                 logger=False,
@@ -193,6 +193,8 @@ def bench_training(smoke: bool, repeats: int) -> list[dict]:
             module = make_classifier(resnet18_for_small_grey_images(), 0.02)
             t0 = time.perf_counter()
             trainer.fit(module, train)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) / epochs)
     base = statistics.median(times["without callback"])
     return [
@@ -287,9 +289,9 @@ def main() -> None:
         parts += [table(with_ratios(bench_kernel(device, args.smoke, repeats), device))]
     if "memory" not in args.skip:
         parts += ["## Snapshot memory (ResNet-50)", table(bench_memory(device))]
-    if "training" not in args.skip and device.type == "cpu":
-        parts += ["## Overhead in Trainer.fit (ResNet-18 on digits, CPU)"]
-        parts += [table(bench_training(args.smoke, 1 if args.smoke else 5))]
+    if "training" not in args.skip:
+        parts += [f"## Overhead in Trainer.fit (ResNet-18 on digits, {name if device.type == 'cuda' else 'CPU'})"]
+        parts += [table(bench_training(device, args.smoke, 1 if args.smoke else 5))]
     if "clustering" not in args.skip:
         parts += ["## Clustering, 200 measurements", table(bench_clustering(args.smoke))]
     report = "\n\n".join(parts) + "\n"
