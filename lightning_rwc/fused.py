@@ -116,9 +116,9 @@ class FusedKernel:
         """Per-tensor numerators and denominators, shape ``(2, k)`` in float64; refreshes the snapshots."""
         measure_blocks, add_blocks = _kernels()
         device = self.partials.device
-        totals = torch.zeros(2, len(self.current), dtype=torch.float64, device=device)
-        if not self.blocks:
-            return totals
+        if not self.blocks:  # nothing but empty tensors
+            return torch.zeros(2, len(self.current), dtype=torch.float64, device=device)
+        totals = torch.empty(2, len(self.current), dtype=torch.float64, device=device)  # add_blocks fills every entry
         # Triton launches on the current device: make it the weights' one
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             measure_blocks[(self.blocks,)](

@@ -55,6 +55,7 @@ def layouts_case() -> list[torch.Tensor]:
 
 CASES = {f"{norm}-{dtype}": (lambda d=DTYPES[dtype]: blocks_case(d), norm) for norm in NORMS for dtype in DTYPES}
 CASES["layouts"] = (layouts_case, "l1")
+CASES["empty"] = (lambda: [torch.ones(3), torch.empty(0), torch.ones(2)], "l1")  # a tensor without elements
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,15 @@ def interpreted(tmp_path_factory) -> dict:
     return {"cases": cases, "results": results}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_tensor_without_elements_sums_to_zero_between_others(interpreted):
+    current, _, _ = interpreted["cases"]["empty"]
+    (numerators, denominators), _, _ = interpreted["results"]["empty"]
+    changes = [(w.double() - 1).abs().sum().item() for w in current]
+    assert numerators.tolist() == pytest.approx(changes, rel=1e-6) and changes[1] == 0 < min(changes[0], changes[2])
+    assert denominators.tolist() == [3.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"empty"}))
 def test_matches_float64_reference_and_refreshes_the_snapshot(interpreted, case):
     current, previous, norm = interpreted["cases"][case]
     sums, snapshots, align = interpreted["results"][case]
