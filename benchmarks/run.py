@@ -98,11 +98,11 @@ def numpy_step(current: list[torch.Tensor], previous: list[np.ndarray]) -> dict[
 
 def multi_tensor_tracker(model: nn.Module) -> WeightChangeTracker:
     """A tracker that measures with PyTorch's multi-tensor kernels instead of the fused Triton kernel."""
-    fused.ENABLED = False
+    enabled, fused.ENABLED = fused.ENABLED, False
     try:
         return WeightChangeTracker(model)
     finally:
-        fused.ENABLED = True
+        fused.ENABLED = enabled
 
 
 def bench_kernel(device: torch.device, smoke: bool, repeats: int) -> list[dict]:

@@ -56,6 +56,7 @@ def layouts_case() -> list[torch.Tensor]:
 CASES = {f"{norm}-{dtype}": (lambda d=DTYPES[dtype]: blocks_case(d), norm) for norm in NORMS for dtype in DTYPES}
 CASES["layouts"] = (layouts_case, "l1")
 CASES["empty"] = (lambda: [torch.ones(3), torch.empty(0), torch.ones(2)], "l1")  # a tensor without elements
+CASES["nonfinite"] = (lambda: [torch.ones(3), torch.ones(20), torch.ones(2)], "l1")  # NaN and inf are set below
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,8 @@ def interpreted(tmp_path_factory) -> dict:
     """The kernel's sums and refreshed snapshots for every case, and the self-test's verdicts, from one child run."""
     folder = tmp_path_factory.mktemp("fused")
     cases = {name: (change(build(), 1), build(), norm) for name, (build, norm) in CASES.items()}
+    nonfinite = cases["nonfinite"][0]
+    nonfinite[0][1], nonfinite[1][17] = math.nan, math.inf  # the second one in a masked tail at BLOCK=16
     torch.save(cases, folder / "cases.pt")  # keeps strides, storage offsets and shared storage
     script = Path(__file__).with_name("fused_interpreted.py")
     subprocess.run([sys.executable, str(script), str(folder / "cases.pt"), str(folder / "results.pt")], check=True)
@@ -78,7 +81,14 @@ def test_a_tensor_without_elements_sums_to_zero_between_others(interpreted):
     assert denominators.tolist() == [3.0, 0.0, 2.0]
 
 
-@pytest.mark.parametrize("case", sorted(set(CASES) - {"empty"}))
+def test_nan_and_inf_weights_reach_the_sums_of_their_layer_only(interpreted):
+    current, _, _ = interpreted["cases"]["nonfinite"]
+    (numerators, denominators), _, _ = interpreted["results"]["nonfinite"]
+    assert math.isnan(numerators[0]) and math.isinf(numerators[1]) and math.isfinite(numerators[2])
+    assert denominators.tolist() == [3.0, 20.0, 2.0]  # the snapshots were finite
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"empty", "nonfinite"}))
 def test_matches_float64_reference_and_refreshes_the_snapshot(interpreted, case):
     current, previous, norm = interpreted["cases"][case]
     sums, snapshots, align = interpreted["results"][case]
