@@ -10,6 +10,9 @@ Every ratio is measured side by side in one process:
 3. the epoch-time overhead of the callback in a real ``Trainer.fit`` (interleaved runs, on the CPU or the GPU);
 4. the memory of the snapshot against the tracked weights;
 5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements.
+
+With ``--profile`` the report also holds, per model, the operations that take the most time in ``tracker.step()``
+(PyTorch's profiler; device time on CUDA), to say which one dominates when a target is missed.
 """
 
 from __future__ import annotations
@@ -203,6 +206,24 @@ def bench_training(device: torch.device, smoke: bool, repeats: int) -> list[dict
     ]
 
 
+def profile_steps(device: torch.device, smoke: bool, rows: int = 8) -> str:
+    """The profiler's table of the operations that take the most time in ten L1 measurements, per model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name, build in models(smoke).items():
+        tracker = WeightChangeTracker(build().to(device))
+        for _ in range(3):  # warm-up: first snapshot, compilation
+            tracker.step()
+        with profile(activities=activities) as prof:
+            for _ in range(10):
+                tracker.step()
+        parts.append(f"{name}:\n{prof.key_averages().table(sort_by=sort_by, row_limit=rows)}")
+    return "```\n" + "\n".join(parts) + "```"
+
+
 def bench_clustering(smoke: bool) -> list[dict]:
     from lightning_rwc.clustering import cluster_layers
     from lightning_rwc.history import RWCHistory
@@ -274,6 +295,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few repeats (for the test suite)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["kernel", "memory", "training", "clustering"])
+    parser.add_argument("--profile", action="store_true", help="also profile tracker.step() per model")
     parser.add_argument("--out", default=None, help="also write the Markdown tables to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -287,6 +309,9 @@ def main() -> None:
     if "kernel" not in args.skip:
         parts += ["## One measurement vs the bandwidth bound and the naive loop (ms)"]
         parts += [table(with_ratios(bench_kernel(device, args.smoke, repeats), device))]
+    if args.profile:
+        parts += ["## Where one measurement spends its time (10 measurements, profiler)"]
+        parts += [profile_steps(device, args.smoke)]
     if "memory" not in args.skip:
         parts += ["## Snapshot memory (ResNet-50)", table(bench_memory(device))]
     if "training" not in args.skip:

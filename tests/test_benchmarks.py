@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_benchmark_smoke_run_writes_every_table(tmp_path):
     out = tmp_path / "bench.md"
-    command = [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)]
+    command = [sys.executable, "-m", "benchmarks.run", "--smoke", "--profile", "--out", str(out)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     report = out.read_text()
-    for heading in ("bandwidth bound", "Snapshot memory", "Overhead in Trainer.fit", "Clustering"):
+    for heading in (
+        "bandwidth bound",
+        "Where one measurement",
+        "Snapshot memory",
+        "Overhead in Trainer.fit",
+        "Clustering",
+    ):
         assert heading in report
+    assert "Self CPU" in report  # the profiler's own table
     assert "| resnet18 |" in report and "| 1000 | hdbscan |" in report
