@@ -50,14 +50,20 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each contender, timed round by round so that drift of the machine hits all alike."""
+    """Median milliseconds of each contender, timed round by round so that drift of the machine hits all alike.
+
+    Each round starts one contender later than the one before, so that none always runs right after the same one
+    (a contender that follows one which streamed hundreds of megabytes through the host finds cold caches).
+    """
     for fn in contenders.values():  # warm-up: allocations, first-call costs
         fn()
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            times[name].append(time_once(fn, device))
+    order = list(contenders)
+    for round_ in range(repeats):
+        shift = round_ % len(order)
+        for name in order[shift:] + order[:shift]:
+            times[name].append(time_once(contenders[name], device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

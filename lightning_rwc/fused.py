@@ -6,6 +6,9 @@ and ``P`` once, reduces both per block and writes ``W`` over ``P``: the bytes of
 kernel adds the block sums of each tensor in float64, in a fixed order (no atomics: the result does not change from
 one run to the next).
 
+On CUDA the two launches are recorded once into a CUDA graph and replayed: a Triton launch costs tens of microseconds
+of host time, more than the kernel itself for small models, while a replay costs a few.
+
 Triton ships with PyTorch's CUDA builds on Linux and is imported at the first measurement, never with the package.
 The tracker uses this kernel for dense CUDA weights whose snapshot is laid out like them, when :data:`ENABLED` is
 true (read whenever the tracker lays out its plan) and :func:`problem` finds that it compiles and gives the right
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -33,6 +37,9 @@ CHUNK = 1024
 NORM_CODES = {"l1": 0, "l2": 1, "elementwise": 2}
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_CAPTURE_FAILURES: set[str] = set()
+"""Why recording a CUDA graph failed, each reason reported once per process."""
 
 
 @functools.cache
@@ -111,32 +118,73 @@ class FusedKernel:
             t.to(device) for t in (numels, firsts, owners.to(torch.int32), starts)
         )
         self.partials = torch.empty(2, self.blocks, dtype=accumulate, device=device)
+        self.totals = torch.zeros(2, len(current), dtype=torch.float64, device=device)  # add_blocks fills every entry
+        self.graphs: dict[str, torch.cuda.CUDAGraph | None] = {}
 
     def measure(self, norm: str) -> Tensor:
-        """Per-tensor numerators and denominators, shape ``(2, k)`` in float64; refreshes the snapshots."""
-        measure_blocks, add_blocks = _kernels()
-        device = self.partials.device
+        """Per-tensor numerators and denominators, shape ``(2, k)`` in float64; refreshes the snapshots.
+
+        The result is the plan's output buffer: the next call overwrites it. On CUDA the first call launches the
+        kernels and records them into a CUDA graph that later calls replay.
+        """
+        device = self.totals.device
         if not self.blocks:  # nothing but empty tensors
-            return torch.zeros(2, len(self.current), dtype=torch.float64, device=device)
-        totals = torch.empty(2, len(self.current), dtype=torch.float64, device=device)  # add_blocks fills every entry
-        # Triton launches on the current device: make it the weights' one
+            return self.totals
+        # Triton and CUDA graphs launch on the current device: make it the weights' one
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            measure_blocks[(self.blocks,)](
-                self.current[0],
-                self.snapshots[0],
-                self.w_offsets,
-                self.p_offsets,
-                self.numels,
-                self.owners,
-                self.starts,
-                self.partials,
-                self.blocks,
-                NORM=NORM_CODES[norm],
-                ALIGN=self.align,
-                BLOCK=self.block,
-            )
-            add_blocks[(len(self.current), 2)](self.partials, self.firsts, totals, self.blocks, CHUNK=CHUNK)
-        return totals
+            graph = self.graphs.get(norm)
+            if graph is not None:
+                graph.replay()
+                return self.totals
+            self._launch(norm)
+            if device.type == "cuda" and norm not in self.graphs:
+                self.graphs[norm] = self._record(norm)
+        return self.totals
+
+    def _record(self, norm: str) -> torch.cuda.CUDAGraph | None:
+        """The launches of :meth:`_launch` as a CUDA graph (recorded, not run), or ``None`` with a warning."""
+        device = self.totals.device
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        try:
+            with torch.cuda.stream(stream):
+                # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    self._launch(norm)
+                finally:
+                    graph.capture_end()
+        except Exception as err:  # nothing ran: launching without a graph gives the same values, only slower
+            reason = f"{type(err).__name__}: {err}"
+            if reason not in _CAPTURE_FAILURES:
+                _CAPTURE_FAILURES.add(reason)
+                warnings.warn(
+                    f"Launching the fused kernel without a CUDA graph ({reason}): the same values, more host time.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return None
+        finally:
+            torch.cuda.current_stream(device).wait_stream(stream)
+        return graph
+
+    def _launch(self, norm: str) -> None:
+        measure_blocks, add_blocks = _kernels()
+        measure_blocks[(self.blocks,)](
+            self.current[0],
+            self.snapshots[0],
+            self.w_offsets,
+            self.p_offsets,
+            self.numels,
+            self.owners,
+            self.starts,
+            self.partials,
+            self.blocks,
+            NORM=NORM_CODES[norm],
+            ALIGN=self.align,
+            BLOCK=self.block,
+        )
+        add_blocks[(len(self.current), 2)](self.partials, self.firsts, self.totals, self.blocks, CHUNK=CHUNK)
 
 
 def _element_offsets(tensors: list[Tensor]) -> Tensor:

@@ -10,17 +10,20 @@ host in a single transfer.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_rwc import fused
 from lightning_rwc.keys import ALL_KEY
+from lightning_rwc.watch import ParameterWatch
 
 Norm = Literal["l1", "l2", "elementwise"]
 ParamSelection = Literal["weights", "trainable"]
@@ -103,7 +106,7 @@ class WeightChangeTracker:
         self._groups: list[tuple[list[int], _CpuSnapshot | _TensorLists]] = []
         self._sharded = False
         self._pointers: list[int] = []
-        self._layout: list[tuple[str, int, bool, int]] = []
+        self._watch = ParameterWatch(model)
         self._warned: set[tuple[str, str]] = set()
         self._sync_parameters()
         if not self._tensors:
@@ -147,10 +150,8 @@ class WeightChangeTracker:
             copies = [tracked[index].copies() for index in measured]
             partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
-        names = [names[index] for index in measured]
-        values = {name: self._ratio(name, a, b) for name, a, b in zip(names, numerators, denominators, strict=True)}
-        values[ALL_KEY] = self._ratio(ALL_KEY, math.fsum(numerators), math.fsum(denominators))
-        return values
+        names = [names[index] for index in measured] + [ALL_KEY]
+        return self._ratios(names, numerators + [math.fsum(numerators)], denominators + [math.fsum(denominators)])
 
     def snapshot_state(self) -> dict[str, Tensor]:
         """A host copy of the baseline of each tracked tensor (this rank's shard, for sharded parameters)."""
@@ -179,10 +180,8 @@ class WeightChangeTracker:
 
     def _sync_parameters(self) -> None:
         """Follow the model's parameter set: new parameters get their baseline, those that went away are dropped."""
-        layout = module_layout(self.model)
-        if layout == self._layout:
+        if not self._watch.changed():
             return
-        self._layout = layout
         current = dict(select_parameters(self.model, self.params, self.include, self.exclude))
         removed = [name for name, tracked in self._tensors.items() if current.get(name) is not tracked.param]
         for name in removed:
@@ -215,12 +214,16 @@ class WeightChangeTracker:
             else:
                 group = _TensorLists(members, streamed, self.norm)
             self._groups.append((indices, group))
-        self._pointers = [item.data_ptr() for item in tracked]
         self._sharded = any(item.sharded for item in tracked)
+        self._pointers = _data_pointers(tracked, self._sharded)
 
     def _partials(self, tracked: list[_Tracked]) -> Tensor:
         """Additive per-layer numerators and denominators, shape ``(2, len(tracked))``, float64 on one device."""
-        if [item.data_ptr() for item in tracked] != self._pointers or not all(g.reusable for _, g in self._groups):
+        moved = _data_pointers(tracked, self._sharded) != self._pointers
+        if moved:  # new storage may come with a new shape: resolve the names and filters again too
+            self._watch.forget()
+            tracked = self._restart_reshaped(tracked)
+        if moved or not all(group.reusable for _, group in self._groups):
             self._arrange(tracked)
         device = tracked[0].param.device
         parts, order = [], []
@@ -233,21 +236,38 @@ class WeightChangeTracker:
             partials = partials[:, torch.tensor(order, device=device).argsort()]
         return partials
 
-    def _ratio(self, name: str, numerator: float, denominator: float) -> float:
-        if denominator == 0.0:
-            self._warn_once(name, "zero", f"RWC of {name!r} is nan: its previous weights are all zero.")
-            return math.nan
-        value = numerator / denominator
-        if self.norm == "l2":
-            value = math.sqrt(value) if value >= 0 else math.nan
-        if not math.isfinite(value):
-            self._warn_once(name, "nonfinite", f"RWC of {name!r} is {value}: its weights contain NaN or inf.")
-        return value
+    def _restart_reshaped(self, tracked: list[_Tracked]) -> list[_Tracked]:
+        """``tracked`` with a new baseline for each weight whose shape changed (left out of this measurement)."""
+        restarted = []
+        for item in tracked:
+            if item.local().shape != item.snapshot.shape:
+                name = next(name for name, other in self._tensors.items() if other is item)
+                item = self._tensors[name] = _Tracked.create(item.param, self.snapshot_device)
+            restarted.append(item)
+        return restarted
+
+    def _ratios(self, names: list[str], numerators: list[float], denominators: list[float]) -> dict[str, float]:
+        """``{name: numerator / denominator}`` (the square root for ``l2``); nan where the denominator is zero."""
+        numerator, denominator = np.array(numerators), np.array(denominators)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = numerator / denominator
+            if self.norm == "l2":
+                ratios = np.sqrt(ratios)
+        ratios[denominator == 0.0] = np.nan
+        values = dict(zip(names, ratios.tolist(), strict=True))
+        for index in np.flatnonzero(~np.isfinite(ratios)).tolist():
+            name = names[index]
+            if denominator[index] == 0.0:
+                self._warn_once(name, "zero", f"RWC of {name!r} is nan: its previous weights are all zero.")
+            else:
+                message = f"RWC of {name!r} is {values[name]}: its weights contain NaN or inf."
+                self._warn_once(name, "nonfinite", message)
+        return values
 
     def _warn_once(self, name: str, kind: str, message: str) -> None:
         if (name, kind) not in self._warned:
             self._warned.add((name, kind))
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 @dataclass
@@ -315,34 +335,6 @@ def select_parameters(
     return selected
 
 
-def module_layout(model: nn.Module) -> list[tuple[str, int, bool, int]]:
-    """All that decides which parameters :func:`select_parameters` returns, as a list that is cheap to compare.
-
-    Each submodule's attribute name and identity, and each parameter's attribute name, identity, ``requires_grad``
-    and number of dimensions. It reads the registries of :class:`~torch.nn.Module` directly: twice as fast as
-    ``named_parameters()``, which is most of the host's work in a measurement on a GPU.
-
-    Example::
-
-        >>> [entry[0] for entry in module_layout(torch.nn.Sequential(torch.nn.Linear(2, 2)))]
-        ['0', 'weight', 'bias']
-    """
-    layout: list[tuple[str, int, bool, int]] = []
-    stack, seen = [model], {id(model)}
-    while stack:
-        module = stack.pop()
-        for name, param in module._parameters.items():
-            if param is not None:
-                layout.append((name, id(param), param.requires_grad, param.ndim))
-        for name, child in module._modules.items():
-            if child is not None:
-                layout.append((name, id(child), False, -1))
-                if id(child) not in seen:  # a module met twice (or a cycle) is walked once
-                    seen.add(id(child))
-                    stack.append(child)
-    return layout
-
-
 def is_sharded(param: Tensor) -> bool:
     """Whether ``param`` is a distributed tensor (``DTensor``, as FSDP2's ``fully_shard`` makes them).
 
@@ -404,6 +396,16 @@ def compile_patterns(patterns: str | Iterable[str] | None, what: str) -> list[re
         except re.error as err:
             raise ValueError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from err
     return compiled
+
+
+def _data_pointers(tracked: list[_Tracked], sharded: bool) -> list[int]:
+    """Where each tracked tensor's memory starts (its local shard's, for sharded parameters)."""
+    if sharded:
+        return [item.data_ptr() for item in tracked]
+    return list(map(Tensor.data_ptr, map(_PARAM, tracked)))
+
+
+_PARAM = operator.attrgetter("param")
 
 
 def to_host(partials: Tensor) -> tuple[list[float], list[float]]:

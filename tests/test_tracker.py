@@ -416,7 +416,7 @@ def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(
     multi_tensor = WeightChangeTracker(model, norm=norm)
     assert [group.kernel is not None for _, group in fast._groups] == [True]
     assert [group.kernel is None for _, group in multi_tensor._groups] == [True]
-    for seed in (1, 2):
+    for seed in (1, 2, 3):  # launched and recorded into a CUDA graph, then the graph replayed twice
         before = weights(model, fast.names)
         perturb_on_gpu(model, seed)
         expected = reference_rwc(before, weights(model, fast.names), norm)
@@ -439,3 +439,58 @@ def test_on_gpu_a_kernel_that_cannot_run_is_reported_once_and_replaced(monkeypat
     before = weights(model, tracker.names)
     perturb_on_gpu(model, 1)
     assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"), rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_gpu_weights_moved_to_new_storage_are_read_from_there():
+    pytest.importorskip("triton")
+    model = torchvision.models.resnet18().cuda()
+    tracker = WeightChangeTracker(model)
+    perturb_on_gpu(model, 1)
+    tracker.step()
+    tracker.step()  # the recorded graph reads the old storage
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    before = weights(model, tracker.names)
+    perturb_on_gpu(model, 2)
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"), rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_gpu_a_graph_that_cannot_be_recorded_is_reported_once_and_the_kernel_launched_directly(monkeypatch):
+    pytest.importorskip("triton")
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("capture refused")
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", refuse)
+    monkeypatch.setattr(fused, "_CAPTURE_FAILURES", set())
+    model = torchvision.models.resnet18().cuda()
+    tracker = WeightChangeTracker(model)
+    with pytest.warns(RuntimeWarning, match="without a CUDA graph.*capture refused"):
+        tracker.step()
+    for seed in (1, 2):
+        before = weights(model, tracker.names)
+        perturb_on_gpu(model, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = tracker.step()
+        assert got == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"), rel=1e-4)
+
+
+def test_a_weight_given_another_shape_restarts_its_curve(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    with torch.no_grad():
+        tiny_net.head.weight.data = torch.randn(5, tiny_net.head.weight.shape[1])  # a wider layer, same parameter
+    perturb(tiny_net, 0, 0.1)
+    assert set(tracker.step()) == {"conv.weight", "_all"}  # head has only its new baseline
+    before = weights(tiny_net, tracker.names)
+    perturb(tiny_net, 1, 0.1)
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(tiny_net, tracker.names), "l1"))
+    with torch.no_grad():
+        tiny_net.head.weight.data = torch.randn(5)  # one dimension: no longer a weight for params="weights"
+    assert set(tracker.step()) == {"conv.weight", "_all"}
+    assert tracker.names == ["conv.weight"]
