@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -141,16 +140,23 @@ class WeightChangeTracker:
         # that went away (or were replaced) since the last call are measured for nothing and left out.
         partials = self._partials(tracked) if tracked else None
         self._sync_parameters()
-        measured = [index for index, name in enumerate(names) if self._tensors.get(name) is tracked[index]]
-        if partials is None or not measured:
+        if partials is None:
             return {}
-        if len(measured) < len(tracked):
-            partials = partials[:, measured]
+        now = list(self._tensors.values())
+        if len(now) != len(tracked) or not all(map(operator.is_, now, tracked)):
+            measured = [index for index, name in enumerate(names) if self._tensors.get(name) is tracked[index]]
+            if not measured:
+                return {}
+            partials, tracked, names = (
+                partials[:, measured],
+                [tracked[i] for i in measured],
+                [names[i] for i in measured],
+            )
         if sharded:
-            copies = [tracked[index].copies() for index in measured]
+            copies = [item.copies() for item in tracked]
             partials = all_reduce_sum(partials / torch.tensor(copies, dtype=partials.dtype).to(partials.device))
         numerators, denominators = to_host(partials)
-        names = [names[index] for index in measured] + [ALL_KEY]
+        names.append(ALL_KEY)
         return self._ratios(names, numerators + [math.fsum(numerators)], denominators + [math.fsum(denominators)])
 
     def snapshot_state(self) -> dict[str, Tensor]:
@@ -248,21 +254,20 @@ class WeightChangeTracker:
 
     def _ratios(self, names: list[str], numerators: list[float], denominators: list[float]) -> dict[str, float]:
         """``{name: numerator / denominator}`` (the square root for ``l2``); nan where the denominator is zero."""
-        numerator, denominator = np.array(numerators), np.array(denominators)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = numerator / denominator
-            if self.norm == "l2":
-                ratios = np.sqrt(ratios)
-        ratios[denominator == 0.0] = np.nan
-        values = dict(zip(names, ratios.tolist(), strict=True))
-        for index in np.flatnonzero(~np.isfinite(ratios)).tolist():
-            name = names[index]
-            if denominator[index] == 0.0:
-                self._warn_once(name, "zero", f"RWC of {name!r} is nan: its previous weights are all zero.")
-            else:
-                message = f"RWC of {name!r} is {values[name]}: its weights contain NaN or inf."
-                self._warn_once(name, "nonfinite", message)
-        return values
+        try:  # without a Python loop: this runs on every measurement
+            ratios = list(map(operator.truediv, numerators, denominators))
+        except ZeroDivisionError:
+            ratios = [a / b if b else math.nan for a, b in zip(numerators, denominators, strict=True)]
+        if self.norm == "l2":
+            ratios = list(map(math.sqrt, ratios))  # of sums of squares: never negative, NaN stays NaN
+        if not all(map(math.isfinite, ratios)):
+            for name, value, denominator in zip(names, ratios, denominators, strict=True):
+                if denominator == 0.0:
+                    self._warn_once(name, "zero", f"RWC of {name!r} is nan: its previous weights are all zero.")
+                elif not math.isfinite(value):
+                    message = f"RWC of {name!r} is {value}: its weights contain NaN or inf."
+                    self._warn_once(name, "nonfinite", message)
+        return dict(zip(names, ratios, strict=True))
 
     def _warn_once(self, name: str, kind: str, message: str) -> None:
         if (name, kind) not in self._warned:
