@@ -38,8 +38,15 @@ NORM_CODES = {"l1": 0, "l2": 1, "elementwise": 2}
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-_CAPTURE_FAILURES: set[str] = set()
-"""Why recording a CUDA graph failed, each reason reported once per process."""
+_REPORTED: set[str] = set()
+"""Warnings about this kernel already given in this process: each is given once."""
+
+
+def report_once(message: str, stacklevel: int = 2) -> None:
+    """Warn with ``message`` (a :class:`RuntimeWarning`) unless this process was told it already."""
+    if message not in _REPORTED:
+        _REPORTED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 @functools.cache
@@ -156,13 +163,9 @@ class FusedKernel:
                     graph.capture_end()
         except Exception as err:  # nothing ran: launching without a graph gives the same values, only slower
             reason = f"{type(err).__name__}: {err}"
-            if reason not in _CAPTURE_FAILURES:
-                _CAPTURE_FAILURES.add(reason)
-                warnings.warn(
-                    f"Launching the fused kernel without a CUDA graph ({reason}): the same values, more host time.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            report_once(
+                f"Launching the fused kernel without a CUDA graph ({reason}): the same values, more host time.", 3
+            )
             return None
         finally:
             torch.cuda.current_stream(device).wait_stream(stream)

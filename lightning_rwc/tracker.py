@@ -31,7 +31,6 @@ NORMS: tuple[str, ...] = ("l1", "l2", "elementwise")
 PARAM_SELECTIONS: tuple[str, ...] = ("weights", "trainable")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_REPORTED: set[str] = set()  # why the fused kernel was not usable, each said once per process
 
 
 class WeightChangeTracker:
@@ -493,13 +492,9 @@ def _fused_kernel(
         return None
     problem = fused.problem(current[0].device, current[0].dtype, norm)
     if problem is not None:
-        if problem not in _REPORTED:
-            _REPORTED.add(problem)
-            warnings.warn(
-                f"Measuring with PyTorch's multi-tensor kernels: the fused Triton kernel is not usable ({problem}).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        fused.report_once(
+            f"Measuring with PyTorch's multi-tensor kernels: the fused Triton kernel is not usable ({problem})."
+        )
         return None
     return fused.FusedKernel(current, snapshots, acc)
 

@@ -118,6 +118,15 @@ def test_self_test_reports_why_the_kernel_cannot_run(monkeypatch):
     assert fused._self_test(torch.device("cpu"), torch.float32, "l1") == "RuntimeError: no C compiler found"
 
 
+def test_each_warning_about_the_kernel_is_given_once_per_process(monkeypatch):
+    monkeypatch.setattr(fused, "_REPORTED", set())
+    with pytest.warns(RuntimeWarning) as caught:
+        for _ in range(3):
+            fused.report_once("no compiler")
+            fused.report_once("capture refused")
+    assert [str(w.message) for w in caught] == ["no compiler", "capture refused"]
+
+
 def test_only_cuda_devices_and_floating_types_are_offered_to_the_kernel():
     assert fused.problem(torch.device("cpu"), torch.float32, "l1") == "the fused kernel runs on CUDA devices only"
     assert "got torch.int64" in fused.problem(torch.device("cuda"), torch.int64, "l1")

@@ -429,7 +429,7 @@ def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_gpu_a_kernel_that_cannot_run_is_reported_once_and_replaced(monkeypatch):
     monkeypatch.setattr(fused, "problem", lambda device, dtype, norm: "RuntimeError: no C compiler found")
-    monkeypatch.setattr(tracker_module, "_REPORTED", set())
+    monkeypatch.setattr(fused, "_REPORTED", set())
     model = torchvision.models.resnet18().cuda()
     with pytest.warns(RuntimeWarning, match="multi-tensor kernels.*no C compiler found"):
         tracker = WeightChangeTracker(model)
@@ -467,7 +467,7 @@ def test_on_gpu_a_graph_that_cannot_be_recorded_is_reported_once_and_the_kernel_
         raise RuntimeError("capture refused")
 
     monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", refuse)
-    monkeypatch.setattr(fused, "_CAPTURE_FAILURES", set())
+    monkeypatch.setattr(fused, "_REPORTED", set())
     model = torchvision.models.resnet18().cuda()
     tracker = WeightChangeTracker(model)
     with pytest.warns(RuntimeWarning, match="without a CUDA graph.*capture refused"):
