@@ -67,6 +67,7 @@ class WeightChangeTracker:
             ``"cpu"`` keeps it in host memory, for accelerators that are full, and streams it one tensor at a time.
 
     Raises:
+        TypeError: if ``model`` is not a :class:`torch.nn.Module`.
         ValueError: if ``norm`` or ``params`` is unknown, a pattern does not compile, or nothing is left to track.
 
     Example::
@@ -92,6 +93,8 @@ class WeightChangeTracker:
         exclude: str | Sequence[str] | None = None,
         snapshot_device: str | torch.device | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network itself.")
         validate_norm(norm)
         validate_params(params)
         self.norm = norm
@@ -132,7 +135,8 @@ class WeightChangeTracker:
 
         Returns:
             ``{parameter name: RWC}`` as Python floats, plus ``"_all"`` for all tracked weights as one vector.
-            Parameters that appeared since the last call get their baseline now and no value yet.
+            Parameters that appeared (or were replaced, unfrozen or given another shape) since the last call get
+            their baseline now and no value yet.
         """
         names, tracked, sharded = list(self._tensors), list(self._tensors.values()), self._sharded
         # On an accelerator the kernels run while the host looks for parameters that appeared or went away; those

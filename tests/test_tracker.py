@@ -118,6 +118,11 @@ def test_bad_arguments_are_rejected_with_the_bad_value(tiny_net, kwargs, message
         WeightChangeTracker(tiny_net, **kwargs)
 
 
+def test_something_other_than_a_module_is_rejected_with_its_type():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        WeightChangeTracker("resnet18")
+
+
 def test_zero_previous_weights_give_nan_and_one_warning_naming_the_layer(tiny_net):
     with torch.no_grad():
         tiny_net.conv.weight.zero_()
