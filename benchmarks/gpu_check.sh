@@ -6,6 +6,6 @@ out=${1:-.}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$out/gpu.txt"
-python3 -c "import torch; from lightning_rwc import fused; import triton; print('triton', triton.__version__, 'fused kernel:', fused.problem(torch.device('cuda'), torch.float32, 'l1') or 'usable')" | tee -a "$out/gpu.txt"
-python3 -m pytest -q -m gpu -p no:doctest -o addopts="" -o pythonpath=tests tests/test_tracker.py tests/test_callback.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+python3 -c "import torch; from lightning_rwc.measure.backends import fused; import triton; print('triton', triton.__version__, 'fused kernel:', fused.problem(torch.device('cuda'), torch.float32, 'l1') or 'usable')" | tee -a "$out/gpu.txt"
+python3 -m pytest -q -m gpu -p no:doctest -o addopts="" -o pythonpath=tests tests/measure tests/test_callback.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 python3 -m benchmarks.run --device cuda --skip clustering --profile --out "$out/gpu_bench.md" 2>&1 | grep -v "^USDT\|^ERROR:.*gpuGetDeviceCount" | tail -120

@@ -17,13 +17,14 @@ Findings checked (Agrawal et al., arXiv 2011.06735):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightning_rwc.history import write_json
 
 PAPER_FASHION_ACCURACY = {"resnet18": 0.92, "vgg_bn": 0.916, "alexnet": 0.895}
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -280,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     text = report(runs, args, command.strip(), time.perf_counter() - start)
     (out / "report.md").write_text(text)
     summary = {f"{m}/{d}": [r["history"].to_dict() for r in seeds] for (m, d), seeds in runs.items()}
-    (out / "histories.json").write_text(json.dumps(summary))
+    write_json(out / "histories.json", summary)
     print(text)
     return out / "report.md"
 

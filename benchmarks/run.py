@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_rwc import fused
-from lightning_rwc.tracker import WeightChangeTracker, select_parameters
+from lightning_rwc.measure import WeightChangeTracker, select_parameters
 
 
 def time_once(fn: Callable[[], object], device: torch.device) -> float:
@@ -106,15 +105,6 @@ def numpy_step(current: list[torch.Tensor], previous: list[np.ndarray]) -> dict[
     return out
 
 
-def multi_tensor_tracker(model: nn.Module) -> WeightChangeTracker:
-    """A tracker that measures with PyTorch's multi-tensor kernels instead of the fused Triton kernel."""
-    enabled, fused.ENABLED = fused.ENABLED, False
-    try:
-        return WeightChangeTracker(model)
-    finally:
-        fused.ENABLED = enabled
-
-
 def bench_kernel(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
     rows = []
     for name, build in models(smoke).items():
@@ -127,7 +117,7 @@ def bench_kernel(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
             contenders[norm] = WeightChangeTracker(model, norm=norm).step
         contenders["naive"] = lambda c=params, q=previous: naive_step(c, q)
         if device.type == "cuda":
-            contenders["l1_multi_tensor"] = multi_tensor_tracker(model).step
+            contenders["l1_multi_tensor"] = WeightChangeTracker(model, kernel="foreach").step
             contenders["l1_host_snapshot"] = WeightChangeTracker(model, snapshot_device="cpu").step
         else:
             arrays = [p.numpy().copy() for p in params]

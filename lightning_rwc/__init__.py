@@ -18,6 +18,7 @@ __all__ = [
     "WeightChangeTracker",
     "cluster_layers",
     "load_history",
+    "relative_weight_change",
     "write_cluster_run",
 ]
 
@@ -25,9 +26,10 @@ _SOURCES = {
     "ClusterResult": "lightning_rwc.clustering",
     "RWCHistory": "lightning_rwc.history",
     "RelativeWeightChange": "lightning_rwc.callback",
-    "WeightChangeTracker": "lightning_rwc.tracker",
+    "WeightChangeTracker": "lightning_rwc.measure",
     "cluster_layers": "lightning_rwc.clustering",
     "load_history": "lightning_rwc.history",
+    "relative_weight_change": "lightning_rwc.measure",
     "write_cluster_run": "lightning_rwc.tensorboard",
 }
 
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
     from lightning_rwc.callback import RelativeWeightChange
     from lightning_rwc.clustering import ClusterResult, cluster_layers
     from lightning_rwc.history import RWCHistory, load_history
+    from lightning_rwc.measure import WeightChangeTracker, relative_weight_change
     from lightning_rwc.tensorboard import write_cluster_run
-    from lightning_rwc.tracker import WeightChangeTracker
 
 
 def __getattr__(name: str) -> Any:

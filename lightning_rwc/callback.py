@@ -6,11 +6,11 @@ attached to the Trainer.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
@@ -19,16 +19,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_rwc.history import RWCHistory
-from lightning_rwc.keys import ALL_KEY, CLUSTER_PREFIX, DEFAULT_PREFIX
-from lightning_rwc.tracker import (
-    Norm,
-    ParamSelection,
-    WeightChangeTracker,
-    compile_patterns,
-    is_sharded,
-    validate_norm,
-    validate_params,
-)
+from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, cluster_prefix
+from lightning_rwc.measure import Norm, ParamSelection, WeightChangeTracker
+from lightning_rwc.measure.backends import Kernel
+from lightning_rwc.measure.sharding import is_sharded
+from lightning_rwc.measure.tracker import check_settings
+from lightning_rwc.warn_once import WarnOnce
 
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
@@ -48,14 +44,16 @@ class RelativeWeightChange(Callback):
 
     - ``{log_prefix}/{parameter name}``: the RWC of one tracked parameter, for example ``rwc/layer1.0.conv1.weight``.
     - ``{log_prefix}/_all``: the RWC of all tracked weights taken as one vector.
-    - ``rwc_cluster/{id}/{mean,lower,upper}``: with ``cluster_every_n_epochs``, the latest value of each live
-      cluster's mean and quartiles.
+    - ``{log_prefix}_cluster/{id}/{mean,lower,upper}``: with ``cluster_every_n_epochs``, the latest value of each
+      live cluster's mean and quartiles.
 
-    With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` it also writes, once per run, a custom-scalars
-    layout with one chart per top-level block, a histogram ``{log_prefix}/distribution`` of the per-layer values at
-    each measurement and, with ``log_heatmap``, an image ``{log_prefix}/heatmap`` of all curves so far. The values
-    are kept in :attr:`history` and in the callback's checkpoint state, so a resumed
-    run continues its curves.
+    The same keys are put in ``trainer.callback_metrics``, so ``EarlyStopping(monitor="rwc/_all")``,
+    ``ModelCheckpoint(monitor=...)`` and learning-rate schedulers can use them (under DDP rank zero then broadcasts
+    its values to the other ranks). With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` it
+    also writes, once per run, a custom-scalars layout with one chart per top-level block, a histogram
+    ``{log_prefix}/distribution`` of the per-layer values at each measurement and, with ``log_heatmap``, an image
+    ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are kept in :attr:`history` and in
+    the callback's checkpoint state, so a resumed run continues its curves.
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
@@ -68,11 +66,13 @@ class RelativeWeightChange(Callback):
         exclude: regular expressions; parameters whose name matches one are not tracked.
         log_prefix: prefix of the logged keys.
         snapshot_device: ``None`` keeps the snapshot beside the weights; ``"cpu"`` keeps it in host memory.
+        kernel: how CUDA weights are measured: ``"auto"`` (a fused Triton kernel where it works), ``"foreach"``
+            (PyTorch's multi-tensor kernels) or ``"triton"`` (see :class:`~lightning_rwc.WeightChangeTracker`).
         cluster_every_n_epochs: when set, cluster the layers every n epochs during training (see
             :func:`~lightning_rwc.clustering.cluster_layers`) and log each cluster's summary; cluster ids stay stable
             from one clustering to the next.
         log_heatmap: with TensorBoard, also log the layers x measurements heatmap so far as an image
-            ``{log_prefix}/heatmap`` at each measurement.
+            ``{log_prefix}/heatmap`` at each epoch end (at most 512 x 1024 pixels, however long the run).
 
     Distributed training: with replicated weights (DDP) rank zero measures alone, with no collective; with
     sharded weights (FSDP2: ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) every rank
@@ -101,6 +101,7 @@ class RelativeWeightChange(Callback):
         exclude: str | Sequence[str] | None = None,
         log_prefix: str = DEFAULT_PREFIX,
         snapshot_device: str | None = None,
+        kernel: Kernel = "auto",
         cluster_every_n_epochs: int | None = None,
         log_heatmap: bool = False,
     ) -> None:
@@ -113,10 +114,7 @@ class RelativeWeightChange(Callback):
                 raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
         if every_n_epochs is None and every_n_steps is None:
             raise ValueError("Set every_n_epochs or every_n_steps (or both): with both None nothing is measured")
-        validate_norm(norm)
-        validate_params(params)
-        compile_patterns(include, "include")
-        compile_patterns(exclude, "exclude")
+        check_settings(norm, params, include, exclude, kernel)
         if not isinstance(log_prefix, str) or not log_prefix or "/" in log_prefix:
             raise ValueError(f"log_prefix must be a non-empty string without '/', got {log_prefix!r}")
         if snapshot_device not in (None, "cpu"):
@@ -129,6 +127,7 @@ class RelativeWeightChange(Callback):
         self.exclude = exclude
         self.log_prefix = log_prefix
         self.snapshot_device = snapshot_device
+        self.kernel = kernel
         self.cluster_every_n_epochs = cluster_every_n_epochs
         self.log_heatmap = log_heatmap
         self.history = RWCHistory()
@@ -138,15 +137,22 @@ class RelativeWeightChange(Callback):
         self._current_step = -1
         self._pending_snapshot: dict[str, Any] | None = None
         self._layout_written: set[int] = set()
-        self._warned: set[str] = set()
+        self._share = False  # whether rank zero hands its values to ranks that do not measure
+        self._warn = WarnOnce(rank_zero_warn)
 
     @property
     @override
     def state_key(self) -> str:
-        return (
-            f"{type(self).__qualname__}[every_n_epochs={self.every_n_epochs}, every_n_steps={self.every_n_steps}, "
-            f"norm={self.norm}, log_prefix={self.log_prefix}]"
-        )
+        settings = {
+            "every_n_epochs": self.every_n_epochs,
+            "every_n_steps": self.every_n_steps,
+            "norm": self.norm,
+            "params": self.params,
+            "include": _patterns(self.include),
+            "exclude": _patterns(self.exclude),
+            "log_prefix": self.log_prefix,
+        }
+        return f"{type(self).__qualname__}{settings}"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -160,15 +166,16 @@ class RelativeWeightChange(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.loggers:
-            self._warn_once(
+            self._warn(
                 "no-logger",
                 "RelativeWeightChange found no logger: values are measured and kept in `callback.history` but not "
                 "logged. Pass `logger=True` (TensorBoard) or another logger to the Trainer to see the curves.",
             )
         # Replicated weights (single device, DDP) are measured on rank zero alone, with no collective; sharded
         # (FSDP2) weights on every rank, each reducing its own shard, with one all-reduce per measurement.
-        measures_here = trainer.is_global_zero or any(is_sharded(p) for p in pl_module.parameters())
-        if self._tracker is None and measures_here:
+        sharded = any(is_sharded(p) for p in pl_module.parameters())
+        self._share = trainer.world_size > 1 and not sharded and self._monitored(trainer)
+        if self._tracker is None and (trainer.is_global_zero or sharded):
             self._tracker = WeightChangeTracker(
                 pl_module,
                 norm=self.norm,
@@ -176,6 +183,8 @@ class RelativeWeightChange(Callback):
                 include=self.include,
                 exclude=self.exclude,
                 snapshot_device=self.snapshot_device,
+                kernel=self.kernel,
+                warn=rank_zero_warn,
             )
             if self._pending_snapshot:
                 self._tracker.load_snapshot(self._pending_snapshot)
@@ -195,6 +204,8 @@ class RelativeWeightChange(Callback):
         epoch_due = self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if epoch_due and trainer.global_step != self._last_step:
             self._measure(trainer)
+        if self.log_heatmap and len(self.history):
+            self._log_heatmap(trainer)
         cluster_due = self.cluster_every_n_epochs and (trainer.current_epoch + 1) % self.cluster_every_n_epochs == 0
         if cluster_due and len(self.history) >= 2:
             self._cluster(trainer)
@@ -208,7 +219,7 @@ class RelativeWeightChange(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self.state_key not in checkpoint.get("callbacks", {}):
-            self._warn_once(
+            self._warn(
                 "no-state",
                 "The checkpoint holds no RelativeWeightChange state (an older checkpoint, or other settings): the "
                 "curves start again from the checkpoint's weights.",
@@ -217,10 +228,10 @@ class RelativeWeightChange(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = {"version": STATE_VERSION, "history": self.history.to_dict(), "last_step": self._last_step}
-        sharded = self._tracker is not None and any(is_sharded(t) for t in self._tracker.model.parameters())
-        if self._tracker is not None and self._current_step != self._last_step and not sharded:
+        tracker = self._tracker
+        if tracker is not None and self._current_step != self._last_step and not tracker.sharded:
             # Saved between two measurements: the baseline is not the checkpoint's weights, so keep it.
-            state["snapshot"] = self._tracker.snapshot_state()
+            state["snapshot"] = tracker.snapshot_state()
         return state
 
     @override
@@ -229,31 +240,39 @@ class RelativeWeightChange(Callback):
         self._last_step = state_dict.get("last_step", -1)
         self._pending_snapshot = state_dict.get("snapshot")
 
+    def _monitored(self, trainer: pl.Trainer) -> bool:
+        """Whether a callback or learning-rate scheduler monitors a key this callback logs."""
+        monitors = [getattr(callback, "monitor", None) for callback in trainer.callbacks]
+        monitors += [config.monitor for config in trainer.lr_scheduler_configs]
+        heads = (f"{self.log_prefix}/", f"{cluster_prefix(self.log_prefix)}/")
+        return any(isinstance(monitor, str) and monitor.startswith(heads) for monitor in monitors)
+
     def _measure(self, trainer: pl.Trainer) -> None:
-        if self._tracker is None:
-            return
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            values = self._tracker.step()
-        for warning in caught:
-            self._warn_once(str(warning.message), str(warning.message))
+        values = {} if self._tracker is None else self._tracker.step()
+        if self._share:  # every rank's monitoring callbacks need the values: rank zero measured them
+            values = trainer.strategy.broadcast(values, src=0)
         step = trainer.global_step
         self._last_step = step
         if not values:
             return
         self.history.append(step, trainer.current_epoch, values)
-        metrics = {f"{self.log_prefix}/{name}": value for name, value in values.items()}
+        self._log(trainer, {f"{self.log_prefix}/{name}": value for name, value in values.items()})
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 self._write_tensorboard_extras(logger, values, step)
                 logger.experiment.flush()  # a crash must not lose measurements already taken
             logger.save()
 
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        """Hand ``metrics`` to every logger and to ``trainer.callback_metrics`` (for monitoring callbacks)."""
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+
     def _write_tensorboard_extras(self, logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
         import numpy as np
 
-        from lightning_rwc.tensorboard import heatmap_image, layer_layout
+        from lightning_rwc.tensorboard import layer_layout
 
         if id(logger) not in self._layout_written:
             logger.experiment.add_custom_scalars(layer_layout([n for n in values if n != ALL_KEY], self.log_prefix))
@@ -262,9 +281,16 @@ class RelativeWeightChange(Callback):
         finite = finite[np.isfinite(finite)]
         if finite.size:
             logger.experiment.add_histogram(f"{self.log_prefix}/distribution", finite, global_step=step)
-        if self.log_heatmap:
-            image = heatmap_image(self.history.values)
-            logger.experiment.add_image(f"{self.log_prefix}/heatmap", image, global_step=step, dataformats="CHW")
+
+    def _log_heatmap(self, trainer: pl.Trainer) -> None:
+        from lightning_rwc.tensorboard import heatmap_image
+
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        image, tag, step = heatmap_image(self.history.values), f"{self.log_prefix}/heatmap", self.history.steps[-1]
+        for logger in loggers:
+            logger.experiment.add_image(tag, image, global_step=step, dataformats="CHW")
 
     def _cluster(self, trainer: pl.Trainer) -> None:
         from lightning_rwc.clustering import cluster_layers
@@ -272,17 +298,16 @@ class RelativeWeightChange(Callback):
         try:
             result = cluster_layers(self.history, previous=self.clusters)
         except ValueError as err:
-            self._warn_once("cluster", f"Live clustering skipped: {err}")
+            self._warn("cluster", f"Live clustering skipped: {err}")
             return
         self.clusters = result
-        metrics = {}
+        head, metrics = cluster_prefix(self.log_prefix), {}
         for summary in result.summaries:
             for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
-                metrics[f"{CLUSTER_PREFIX}/{summary.cluster_id}/{key}"] = float(curve[-1])
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+                metrics[f"{head}/{summary.cluster_id}/{key}"] = float(curve[-1])
+        self._log(trainer, metrics)
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
+
+def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The patterns as a tuple, for the state key (one pattern or a list of one give the same key)."""
+    return None if patterns is None else (patterns,) if isinstance(patterns, str) else tuple(patterns)

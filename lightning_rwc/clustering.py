@@ -19,7 +19,6 @@ How values become features (the documented rule):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -29,7 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_rwc.history import RWCHistory, write_atomic
+from lightning_rwc.history import RWCHistory, json_float, write_json
+from lightning_rwc.validate import check_choice
 
 FORMAT_VERSION = 1
 FEATURES = ("magnitude", "shape")
@@ -72,6 +72,8 @@ class ClusterResult:
         excluded: ``{layer: reason}`` for layers left out by the feature rule.
         imputed: ``{layer: number of values filled or floored}``, for layers where that happened.
         params: the parameters used.
+        next_id: the smallest id not given to a cluster by this result or the earlier ones it was matched to: a
+            cluster that vanishes leaves its id unused, so a later, different cluster never takes it.
 
     Example::
 
@@ -94,6 +96,7 @@ class ClusterResult:
     excluded: dict[str, str] = field(default_factory=dict)
     imputed: dict[str, int] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    next_id: int = 0
 
     @property
     def n_clusters(self) -> int:
@@ -110,9 +113,9 @@ class ClusterResult:
             "depth": self.depth,
             "quality": {
                 "n_clusters": self.n_clusters,
-                "silhouette": self.silhouette,
-                "noise_fraction": self.noise_fraction,
-                "explained_variance": self.explained_variance,
+                "silhouette": None if self.silhouette is None else json_float(self.silhouette),
+                "noise_fraction": json_float(self.noise_fraction),
+                "explained_variance": json_float(self.explained_variance),
             },
             "clusters": [
                 {
@@ -129,8 +132,8 @@ class ClusterResult:
         }
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically."""
-        write_atomic(path, json.dumps(self.to_dict(), indent=1))
+        """Write :meth:`to_dict` to ``path`` as strict JSON (non-finite values as ``null``), atomically."""
+        write_json(path, self.to_dict(), indent=1)
 
     def markdown(self) -> str:
         """A short Markdown report: quality figures, then each cluster's members and depth range."""
@@ -181,7 +184,8 @@ def cluster_layers(
         max_components: most PCA components kept.
         explained_variance: share of variance the PCA components must explain.
         seed: random seed (k-means, UMAP, silhouette sampling); the result is deterministic for a given seed.
-        previous: an earlier result; clusters that share most members with one of its clusters keep its id.
+        previous: an earlier result; clusters keep the ids of its clusters they share most members with (see
+            :func:`match_labels`).
 
     Raises:
         ValueError: for an unknown option, fewer than two measurements, or fewer than three usable layers.
@@ -197,9 +201,9 @@ def cluster_layers(
         >>> result.n_clusters, result.labels["l0.weight"] != result.labels["l11.weight"]
         (2, True)
     """
-    _check_option("features", features, FEATURES)
-    _check_option("reduction", reduction, REDUCTIONS)
-    _check_option("method", method, METHODS)
+    check_choice("features", features, FEATURES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("method", method, METHODS)
     if n_clusters is not None and n_clusters < 2:
         raise ValueError(f"n_clusters must be at least 2 (or None for automatic k), got {n_clusters}")
     if not 0 < explained_variance <= 1:
@@ -230,8 +234,11 @@ def cluster_layers(
         params_extra = {"n_clusters": k, "k_chosen": "given" if n_clusters else "silhouette"}
     labels = _order_by_depth(labels)
     names = [all_layers[i] for i in kept]
+    next_id = int(labels.max(initial=-1)) + 1
     if previous is not None:
-        labels = match_labels(names, labels, previous.labels)
+        floor = max(previous.next_id, max(previous.labels.values(), default=-1) + 1)
+        labels = match_labels(names, labels, previous.labels, floor)
+        next_id = max(floor, int(labels.max(initial=-1)) + 1)
     raw = np.where(np.isfinite(history.values[kept]), history.values[kept], np.nan)
     return ClusterResult(
         layers=names,
@@ -253,6 +260,7 @@ def cluster_layers(
             "seed": seed,
             **params_extra,
         },
+        next_id=next_id,
     )
 
 
@@ -398,11 +406,19 @@ def summarise(names: Sequence[str], depths: Sequence[int], labels: np.ndarray, r
     return summaries
 
 
-def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, int]) -> np.ndarray:
-    """Renumber ``labels`` so that each cluster takes the id of the earlier cluster it shares most members with.
+def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, int], next_id: int = 0) -> np.ndarray:
+    """Renumber ``labels`` so that clusters keep the ids of the earlier clusters they share members with.
 
-    Matching is one-to-one (Hungarian assignment on the overlap counts); clusters without an overlapping earlier
-    cluster get ids that were not used before. Noise (``-1``) stays ``-1``.
+    What the matching guarantees, whatever the clusters:
+
+    - it is one-to-one: two clusters never get the same id, and each earlier id goes to at most one cluster;
+    - a cluster takes an earlier id only if it shares at least one member with that earlier cluster, and the
+      assignment maximises the total number of shared members (Hungarian assignment on the overlap counts);
+    - a cluster that takes no earlier id gets a new one: ``next_id`` or more, and above every earlier id;
+    - noise (``-1``) stays ``-1``.
+
+    So when a cluster splits, the part that shares most with it keeps the id and the other part gets a new one;
+    when clusters merge, the merged cluster keeps one of their ids and the other id is not used again.
 
     Example::
 
@@ -423,7 +439,7 @@ def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, i
         for r, c in zip(*linear_sum_assignment(-overlap), strict=True):
             if overlap[r, c] > 0:
                 mapping[new_ids[r]] = old_ids[c]
-    next_id = max(old_ids, default=-1) + 1
+    next_id = max(next_id, max(old_ids, default=-1) + 1)
     for cid in new_ids:
         if cid not in mapping:
             mapping[cid] = next_id
@@ -486,10 +502,5 @@ def _order_by_depth(labels: np.ndarray) -> np.ndarray:
     return np.array([order.get(label, -1) for label in labels.tolist()], dtype=int)
 
 
-def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def _json_list(curve: np.ndarray) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in curve]
+    return [json_float(v) for v in curve.tolist()]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
+import os
 import struct
 import time
 from collections.abc import Sequence
@@ -38,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits", help="default: digits")
     parser.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's *-ubyte.gz files")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
-    parser.add_argument("--epochs", type=int, default=15, help="default: 15")
+    parser.add_argument("--epochs", type=int, default=5, help="default: 5")
+    parser.add_argument("--every-n-steps", type=int, default=5, help="measure every n optimizer steps (default: 5)")
     parser.add_argument("--batch-size", type=int, default=64, help="default: 64")
     parser.add_argument("--lr", type=float, default=0.02, help="SGD learning rate, momentum 0.9 (default: 0.02)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -109,6 +112,36 @@ def read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def cpu_budget() -> int:
+    """How many CPUs this process may keep busy: its CPU affinity, capped by a cgroup CPU quota if one is set.
+
+    Containers often limit CPU time by a quota while the process sees every core of the host; PyTorch then starts
+    a thread per core and the threads wait for each other. Reads ``cpu.max`` (cgroup v2) or ``cpu.cfs_quota_us``
+    and ``cpu.cfs_period_us`` (cgroup v1).
+
+    Example::
+
+        >>> 1 <= cpu_budget() <= (os.cpu_count() or 1)
+        True
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _read_words("/sys/fs/cgroup/cpu.max") or [
+        *_read_words("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        *_read_words("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    ]
+    if len(quota) == 2 and quota[0].lstrip("-").isdigit() and int(quota[0]) > 0 and int(quota[1]) > 0:
+        count = min(count, math.ceil(int(quota[0]) / int(quota[1])))
+    return max(1, count)
+
+
+def _read_words(path: str) -> list[str]:
+    try:
+        with open(path) as handle:
+            return handle.read().split()
+    except OSError:
+        return []
 
 
 def resnet18_for_small_grey_images(num_classes: int = 10) -> Any:
@@ -202,7 +235,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         >>> import tempfile
         >>> parser = argparse.ArgumentParser()
         >>> add_arguments(parser)
-        >>> args = parser.parse_args(["--epochs", "2", "--limit", "64", "--out", tempfile.mkdtemp()])
+        >>> options = ["--epochs", "2", "--limit", "64", "--every-n-steps", "1"]
+        >>> args = parser.parse_args([*options, "--out", tempfile.mkdtemp()])
         >>> import contextlib, io
         >>> with contextlib.redirect_stdout(io.StringIO()) as printed:
         ...     summary = run_demo(args)
@@ -221,11 +255,16 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         arrays = load_fashion_mnist_arrays(args.data_dir)
     else:
         arrays = load_digits_arrays()
+    import torch
+
+    if args.accelerator == "cpu" and cpu_budget() < torch.get_num_threads():
+        torch.set_num_threads(cpu_budget())
+        print(f"Training with {cpu_budget()} CPU threads (the CPU quota of this process).")
     pl.seed_everything(args.seed, workers=True, verbose=False)
     train, test = loaders(arrays, args.batch_size, args.limit, args.seed)
     module = make_classifier(resnet18_for_small_grey_images(), args.lr)
     logger = TensorBoardLogger(args.out, name=args.data)
-    rwc = RelativeWeightChange()
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=args.every_n_steps)
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -241,7 +280,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
     accuracy = float(trainer.callback_metrics["val/acc"])
     print(f"\nTrained {args.epochs} epochs in {fit_seconds:.1f} s; test accuracy {accuracy:.3f}.")
-    print(f"RWC of all weights per epoch: {', '.join(f'{v:.4f}' for v in rwc.history.total)}")
+    print(f"RWC of all weights every {args.every_n_steps} steps: {', '.join(f'{v:.4f}' for v in rwc.history.total)}")
     out = cluster_run(logger.log_dir)
     print(f"\nClusters of {len(out.result.layers)} layers:\n{out.result.markdown()}")
     print(f"\nWrote {out.cluster_run} and {out.json_path}.")

@@ -134,14 +134,18 @@ class RWCHistory:
         return history
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-compatible content (``nan`` as ``None``), as stored in checkpoints and JSON files."""
+        """Plain content for strict JSON, as stored in checkpoints and JSON files.
+
+        Non-finite values (``nan``, ``inf``) are written as ``None`` (``null``) and read back as ``nan``, which the
+        clustering treats as missing like every non-finite value.
+        """
         return {
             "format_version": FORMAT_VERSION,
             "layers": self.layers,
             "steps": self.steps,
             "epochs": self.epochs,
-            "values": [[_json_float(v) for v in row] for row in self.values],
-            "total": [_json_float(v) for v in self._total],
+            "values": [[json_float(v) for v in row] for row in self.values],
+            "total": [json_float(v) for v in self._total],
         }
 
     @classmethod
@@ -155,8 +159,8 @@ class RWCHistory:
         return cls.from_arrays(layers, data.get("steps", []), values, data.get("epochs"), total)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically (a reader never sees a half-written file)."""
-        write_atomic(path, json.dumps(self.to_dict()))
+        """Write :meth:`to_dict` as strict JSON, atomically (a reader never sees a half-written file)."""
+        write_json(path, self.to_dict())
 
 
 def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
@@ -226,6 +230,34 @@ def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list
         if any(EVENT_FILE_MARKER in f for f in files) or "metrics.csv" in files:
             runs.append(Path(directory))
     return sorted(runs)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
+    """Write ``data`` as strict JSON (no ``NaN`` or ``Infinity``: see :func:`json_float`), atomically.
+
+    Raises:
+        ValueError: if ``data`` holds a non-finite float (nothing is written).
+
+    Example::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "data.json"
+        >>> write_json(path, {"values": [json_float(0.5), json_float(float("inf"))]})
+        >>> path.read_text()
+        '{"values": [0.5, null]}'
+    """
+    write_atomic(path, json.dumps(data, allow_nan=False, indent=indent))
+
+
+def json_float(value: float) -> float | None:
+    """``value`` as a float, or ``None`` (``null`` in JSON) if it is ``nan`` or infinite.
+
+    Example::
+
+        >>> json_float(0.25), json_float(float("nan")), json_float(float("-inf"))
+        (0.25, None, None)
+    """
+    return float(value) if math.isfinite(value) else None
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -305,7 +337,3 @@ def _read_csv(path: Path) -> Series:
                     except ValueError as err:
                         raise ValueError(f"{path}, line {line}: {key} = {cell!r} is not a number") from err
     return series
-
-
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)

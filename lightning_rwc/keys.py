@@ -6,11 +6,19 @@ ALL_KEY = "_all"
 DEFAULT_PREFIX = "rwc"
 """Default prefix of the per-layer tags: ``rwc/<parameter name>``."""
 
-CLUSTER_PREFIX = "rwc_cluster"
-"""Prefix of the cluster summary tags: ``rwc_cluster/<id>/{mean,lower,upper}``."""
-
 CLUSTER_RUN_DIR = "rwc_clusters"
 """Name of the cluster run written beside a source run."""
 
 CLUSTER_JSON = "rwc_clusters.json"
 """Name of the cluster JSON file written beside a source run."""
+
+
+def cluster_prefix(prefix: str = DEFAULT_PREFIX) -> str:
+    """Prefix of the cluster tags of a run logged under ``prefix``: ``<prefix>_cluster/<id>/{mean,lower,upper}``.
+
+    Example::
+
+        >>> cluster_prefix(), cluster_prefix("weights")
+        ('rwc_cluster', 'weights_cluster')
+    """
+    return f"{prefix}_cluster"

@@ -62,7 +62,7 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
     history = load_history(run, prefix=prefix)
     result = cluster_layers(history, **options)
     directory = run if run.is_dir() else run.parent
-    target = write_cluster_run(result, directory)
+    target = write_cluster_run(result, directory, prefix=prefix)
     json_path = directory / CLUSTER_JSON
     result.save_json(json_path)
     output = RunOutput(run=run, result=result, cluster_run=target, json_path=json_path)

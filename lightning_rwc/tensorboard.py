@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lightning_rwc.keys import ALL_KEY, CLUSTER_PREFIX, CLUSTER_RUN_DIR, DEFAULT_PREFIX
+from lightning_rwc.keys import ALL_KEY, CLUSTER_RUN_DIR, DEFAULT_PREFIX, cluster_prefix
 
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
@@ -71,41 +71,48 @@ def layer_layout(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Layout:
     charts: dict[str, list] = {f"all layers ({ALL_KEY})": ["Multiline", [tag_pattern(f"{prefix}/{ALL_KEY}")]]}
     for group, members in layer_groups(names).items():
         charts[group] = ["Multiline", [tag_pattern(f"{prefix}/{name}") for name in members]]
-    charts["live cluster means"] = ["Multiline", [re.escape(f"{CLUSTER_PREFIX}/") + r"\d+/mean$"]]
+    charts["live cluster means"] = ["Multiline", [re.escape(f"{cluster_prefix(prefix)}/") + r"\d+/mean$"]]
     return {f"relative weight change ({prefix})": charts}
 
 
-def cluster_layout(cluster_ids: Iterable[int], prefix: str = CLUSTER_PREFIX) -> Layout:
+def cluster_layout(cluster_ids: Iterable[int], prefix: str = DEFAULT_PREFIX) -> Layout:
     """One ``Margin`` chart per cluster (mean with its quartile band) and one chart of all cluster means.
+
+    The tags are those of a run logged under ``prefix`` (see :func:`~lightning_rwc.keys.cluster_prefix`).
 
     Example::
 
         >>> cluster_layout([1, 0])["RWC clusters"]["cluster 1"]
         ['Margin', ['rwc_cluster/1/mean', 'rwc_cluster/1/lower', 'rwc_cluster/1/upper']]
     """
-    ids = sorted(cluster_ids)
-    charts: dict[str, list] = {"all cluster means": ["Multiline", [tag_pattern(f"{prefix}/{cid}/mean") for cid in ids]]}
+    ids, head = sorted(cluster_ids), cluster_prefix(prefix)
+    charts: dict[str, list] = {"all cluster means": ["Multiline", [tag_pattern(f"{head}/{cid}/mean") for cid in ids]]}
     for cid in ids:
-        charts[f"cluster {cid}"] = ["Margin", [f"{prefix}/{cid}/{key}" for key in ("mean", "lower", "upper")]]
+        charts[f"cluster {cid}"] = ["Margin", [f"{head}/{cid}/{key}" for key in ("mean", "lower", "upper")]]
     return {"RWC clusters": charts}
 
 
-def heatmap_image(values: np.ndarray, cell: int = 4) -> np.ndarray:
+def heatmap_image(values: np.ndarray, cell: int = 4, max_pixels: tuple[int, int] = (512, 1024)) -> np.ndarray:
     """A layers x measurements grey image of ``log10(RWC)`` (brighter: more change), ``(1, H, W)`` uint8.
 
     Each value becomes a ``cell`` x ``cell`` block; the smallest value is 1, the largest 255, and missing or
-    non-positive values are 0.
+    non-positive values are 0. The image is at most ``max_pixels`` (height, width) however long the run: a table
+    with more rows or columns than fit is first reduced to bins of adjacent layers or measurements (the mean of
+    their logarithms).
 
     Example::
 
         >>> heatmap_image(np.array([[0.1, 0.01], [np.nan, 0.001]]), cell=1).tolist()
         [[[255, 128], [0, 1]]]
+        >>> heatmap_image(np.ones((3, 5000)) / 10).shape
+        (1, 12, 1024)
     """
     values = np.asarray(values, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(values > 0, np.log10(values), np.nan)
+    logs = _bin_means(_bin_means(logs, max_pixels[0] // cell, axis=0), max_pixels[1] // cell, axis=1)
     finite = logs[np.isfinite(logs)]
-    image = np.zeros(values.shape, dtype=np.uint8)
+    image = np.zeros(logs.shape, dtype=np.uint8)
     if finite.size:
         low, high = finite.min(), finite.max()
         scaled = (logs - low) / (high - low) if high > low else np.ones_like(logs)
@@ -113,12 +120,27 @@ def heatmap_image(values: np.ndarray, cell: int = 4) -> np.ndarray:
     return np.kron(image, np.ones((cell, cell), dtype=np.uint8))[None]
 
 
-def write_cluster_run(result: ClusterResult, run_dir: str | os.PathLike, name: str = CLUSTER_RUN_DIR) -> Path:
+def _bin_means(table: np.ndarray, bins: int, axis: int) -> np.ndarray:
+    """``table`` with at most ``bins`` entries along ``axis``: the nan-mean of adjacent groups where it has more."""
+    if table.shape[axis] <= bins:
+        return table
+    starts = np.linspace(0, table.shape[axis], bins + 1).astype(int)[:-1]
+    finite = np.isfinite(table)
+    sums = np.add.reduceat(np.where(finite, table, 0.0), starts, axis=axis)
+    counts = np.add.reduceat(finite, starts, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)  # a bin with no finite value stays missing
+
+
+def write_cluster_run(
+    result: ClusterResult, run_dir: str | os.PathLike, name: str = CLUSTER_RUN_DIR, prefix: str = DEFAULT_PREFIX
+) -> Path:
     """Write the cluster summaries of ``result`` as a TensorBoard run ``run_dir/name``, replacing an older one.
 
-    The run holds ``rwc_cluster/<id>/{mean,lower,upper}`` at the source steps, the custom-scalars layout of
-    :func:`cluster_layout` and a text listing each cluster's members. It is written into a temporary directory
-    first, so an existing cluster run is only replaced by a complete one.
+    The run holds ``<prefix>_cluster/<id>/{mean,lower,upper}`` at the source steps (``prefix``: the one the source
+    run was logged under), the custom-scalars layout of :func:`cluster_layout` and a text listing each cluster's
+    members. It is written into a temporary directory first, so an existing cluster run is only replaced by a
+    complete one.
 
     Returns:
         The directory of the cluster run.
@@ -128,14 +150,15 @@ def write_cluster_run(result: ClusterResult, run_dir: str | os.PathLike, name: s
     target = Path(run_dir) / name
     tmp = target.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    head = cluster_prefix(prefix)
     writer = SummaryWriter(log_dir=str(tmp))
     try:
-        writer.add_custom_scalars(cluster_layout(s.cluster_id for s in result.summaries))
+        writer.add_custom_scalars(cluster_layout((s.cluster_id for s in result.summaries), prefix))
         for summary in result.summaries:
             for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
                 for step, value in zip(result.steps, curve, strict=True):
-                    writer.add_scalar(f"{CLUSTER_PREFIX}/{summary.cluster_id}/{key}", value, global_step=step)
-        writer.add_text(CLUSTER_PREFIX, result.markdown(), global_step=result.steps[-1] if result.steps else 0)
+                    writer.add_scalar(f"{head}/{summary.cluster_id}/{key}", value, global_step=step)
+        writer.add_text(head, result.markdown(), global_step=result.steps[-1] if result.steps else 0)
     finally:
         writer.close()
     replace_dir(tmp, target)

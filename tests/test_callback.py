@@ -60,6 +60,7 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
         ({"log_prefix": "a/b"}, "log_prefix must be a non-empty string without '/'"),
         ({"snapshot_device": "cuda:3"}, "snapshot_device must be None"),
         ({"cluster_every_n_epochs": 0}, "cluster_every_n_epochs must be None"),
+        ({"kernel": "cuda"}, "kernel must be one of"),
     ],
 )
 def test_invalid_arguments_are_rejected_in_init(kwargs, message):
@@ -218,7 +219,7 @@ def test_two_instances_keep_separate_state():
     assert by_epoch.state_key != by_steps.state_key
 
 
-def test_live_clustering_logs_cluster_summaries_with_stable_ids(tmp_path):
+def test_live_clustering_logs_cluster_summaries_under_the_prefix_with_matched_ids(tmp_path):
     import lightning.pytorch as pl
     import torchvision
 
@@ -235,13 +236,13 @@ def test_live_clustering_logs_cluster_summaries_with_stable_ids(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    rwc = RelativeWeightChange(cluster_every_n_epochs=1)
+    rwc = RelativeWeightChange(cluster_every_n_epochs=1, log_prefix="weights")
     seen = []
 
     class Spy(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             if rwc.clusters is not None:
-                seen.append(dict(rwc.clusters.labels))
+                seen.append((dict(rwc.clusters.labels), rwc.clusters.next_id))
 
     logger = CSVLogger(tmp_path)
     trainer = Trainer(max_epochs=5, callbacks=[rwc, Spy()], logger=logger, **fit_kwargs())
@@ -249,18 +250,53 @@ def test_live_clustering_logs_cluster_summaries_with_stable_ids(tmp_path):
     assert len(seen) == 4  # clustering needs two measurements
     with open(f"{logger.log_dir}/metrics.csv", newline="") as handle:
         columns = next(csv.reader(handle))
-    ids = {label for labels in seen for label in labels.values() if label != -1}
-    assert ids and all(f"rwc_cluster/{i}/mean" in columns for i in set(seen[-1].values()) - {-1})
-    # Stable ids: a cluster that keeps most of its members keeps its id.
-    checked = 0
-    for before, after in itertools.pairwise(seen):
+    for labels, _ in seen:
+        for cid in set(labels.values()) - {-1}:
+            assert {f"weights_cluster/{cid}/{key}" for key in ("mean", "lower", "upper")} <= set(columns)
+            assert torch.is_tensor(trainer.callback_metrics.get(f"weights_cluster/{cid}/mean", torch.tensor(0.0)))
+    assert not any(column.startswith("rwc_cluster/") for column in columns)
+    # What the matching guarantees, whatever the trajectory: an id kept from the previous clustering goes to a
+    # cluster that shares members with it, and a new id was never given out before.
+    given_out: set[int] = set()
+    for (before, next_id), (after, _) in itertools.pairwise(seen):
+        given_out |= set(before.values()) - {-1}
         for cid in set(after.values()) - {-1}:
             members = {n for n, c in after.items() if c == cid}
-            previous = [before[n] for n in members if before[n] != -1]
-            if previous and max(previous.count(c) for c in set(previous)) > len(members) / 2:
-                assert max(set(previous), key=previous.count) == cid
-                checked += 1
-    assert checked > 0
+            if cid in set(before.values()):
+                assert any(before[n] == cid for n in members)
+            else:
+                assert cid not in given_out and cid >= next_id
+
+
+def test_values_are_callback_metrics_that_early_stopping_and_checkpoints_can_monitor(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    rwc = RelativeWeightChange()
+    stop = EarlyStopping(monitor="rwc/_all", mode="min", stopping_threshold=1e9, check_on_train_epoch_end=True)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="rwc/net.head.weight", mode="min", save_top_k=1)
+    kwargs = {**fit_kwargs(), "enable_checkpointing": True}
+    trainer = Trainer(max_epochs=5, callbacks=[stop, best, rwc], logger=CSVLogger(tmp_path), **kwargs)
+    trainer.fit(make_tiny_module(), tiny_loader())
+    assert trainer.should_stop and len(rwc.history) == 1  # any finite RWC is below the threshold: stopped at once
+    assert float(trainer.callback_metrics["rwc/_all"]) == pytest.approx(rwc.history.total[-1], rel=1e-6)
+    assert float(best.best_model_score) == pytest.approx(np.nanmin(rwc.history.curve("net.head.weight")), rel=1e-6)
+
+
+def test_state_key_includes_every_setting_that_changes_what_is_measured():
+    base = RelativeWeightChange()
+    assert base.state_key == RelativeWeightChange(snapshot_device="cpu", log_heatmap=True).state_key
+    assert RelativeWeightChange(include="fc").state_key == RelativeWeightChange(include=["fc"]).state_key
+    others = [
+        RelativeWeightChange(params="trainable"),
+        RelativeWeightChange(include="fc"),
+        RelativeWeightChange(exclude="fc"),
+        RelativeWeightChange(norm="l2"),
+        RelativeWeightChange(every_n_epochs=2),
+        RelativeWeightChange(every_n_steps=5),
+        RelativeWeightChange(log_prefix="other"),
+    ]
+    keys = [base.state_key, *(callback.state_key for callback in others)]
+    assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.gpu

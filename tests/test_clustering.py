@@ -109,6 +109,66 @@ def test_match_labels_keeps_ids_of_clusters_that_keep_their_members():
     assert fresh.tolist() == [0, 0, 0, -1, -1, -1]
 
 
+def test_matching_splits_merges_new_and_vanished_clusters():
+    names = list("abcdefghij")
+    previous = {"a": 0, "b": 0, "c": 0, "d": 0, "e": 1, "f": 1, "g": 2, "h": 2, "i": -1, "j": -1}
+    # 0 splits into {a, b, c} and {d}; 1 and 2 merge into {e, f, g, h}; {i, j} is new
+    labels = match_labels(names, np.array([7, 7, 7, 8, 9, 9, 9, 9, 5, 5]), previous).tolist()
+    assert labels[:3] == [0, 0, 0]  # the larger part of the split keeps the id
+    assert len(set(labels[4:8])) == 1 and labels[4] in (1, 2)  # the merged cluster keeps one of the two ids
+    assert labels[3] != labels[8] and {labels[3], labels[8]} == {3, 4}  # the others get ids never used before
+    assert match_labels(names, np.array([7, 7, 7, 8, 9, 9, 9, 9, 5, 5]), previous, next_id=10).tolist()[8] == 10
+
+
+def test_a_vanished_clusters_id_is_not_given_to_a_later_one():
+    names = list("abcdef")
+    first = {"a": 0, "b": 0, "c": 1, "d": 1, "e": 2, "f": 2}
+    second = match_labels(names, np.array([0, 0, 1, 1, -1, -1]), first, next_id=3)  # cluster 2 went to noise
+    assert second.tolist() == [0, 0, 1, 1, -1, -1]
+    third = match_labels(names, np.array([0, 0, 1, 1, 2, 2]), dict(zip(names, second.tolist(), strict=True)), next_id=3)
+    assert third.tolist() == [0, 0, 1, 1, 3, 3]
+
+
+def test_cluster_results_carry_the_next_free_id_from_one_clustering_to_the_next():
+    history, _ = planted_history(per_family=10)
+    first = cluster_layers(history, method="kmeans", n_clusters=4)
+    assert first.next_id == 4
+    first.next_id = 9  # as if ids up to 8 had been given out earlier
+    noisy = RWCHistory.from_arrays(history.layers, history.steps, history.values[:, ::-1])  # reversed curves
+    second = cluster_layers(noisy, method="kmeans", n_clusters=5, previous=first)
+    new_ids = set(second.labels.values()) - set(first.labels.values())
+    assert all(cid >= 9 for cid in new_ids) and second.next_id > max(second.labels.values())
+
+
+label_sequences = st.integers(2, 14).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(-1, 4), min_size=n, max_size=n),
+        st.lists(st.integers(-1, 5), min_size=n, max_size=n),
+        st.integers(0, 8),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(label_sequences)
+def test_matching_guarantees_hold_for_any_labels(sequences):
+    before, after, next_id = sequences
+    names = [f"l{i}" for i in range(len(before))]
+    previous = dict(zip(names, before, strict=True))
+    matched = match_labels(names, np.array(after), previous, next_id).tolist()
+    assert [m == -1 for m in matched] == [a == -1 for a in after]  # noise stays noise, nothing else becomes it
+    groups = {cid: {n for n, a in zip(names, after, strict=True) if a == cid} for cid in set(after) - {-1}}
+    ids = {cid: matched[after.index(cid)] for cid in groups}
+    assert all(matched[i] == ids[a] for i, a in enumerate(after) if a != -1)  # a cluster gets one id
+    assert len(set(ids.values())) == len(ids)  # two clusters never share an id
+    old_ids = set(before) - {-1}
+    for cid, new in ids.items():
+        if new in old_ids:  # kept an earlier id: it shares members with that earlier cluster
+            assert any(previous[n] == new for n in groups[cid])
+        else:  # a new id: never used before
+            assert new >= max(next_id, max(old_ids, default=-1) + 1)
+
+
 def test_previous_result_gives_stable_ids_across_reclusterings():
     history, _ = planted_history(per_family=25)
     first = cluster_layers(history, method="kmeans", n_clusters=4)
@@ -156,6 +216,20 @@ def test_umap_without_the_package_says_how_to_install_it():
     history, _ = planted_history(per_family=5)
     with pytest.raises(ModuleNotFoundError, match="pip install umap-learn"):
         cluster_layers(history, reduction="umap")
+
+
+def test_json_is_strict_with_missing_figures_as_null(tmp_path):
+    import json
+    import math
+
+    history, _ = planted_history(per_family=10)
+    result = cluster_layers(history, method="kmeans", n_clusters=4)
+    result.explained_variance = math.nan  # as UMAP reports it
+    result.summaries[0].mean[0] = np.inf
+    result.save_json(tmp_path / "clusters.json")
+    data = json.loads((tmp_path / "clusters.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert data["quality"]["explained_variance"] is None
+    assert data["clusters"][0]["mean"][0] is None and data["clusters"][0]["mean"][1] is not None
 
 
 def test_to_dict_holds_labels_summaries_quality_and_params():

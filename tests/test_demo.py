@@ -43,6 +43,19 @@ def test_read_idx_rejects_other_files(tmp_path):
         read_idx(tmp_path / "x")
 
 
+def test_the_cpu_budget_follows_a_cgroup_quota(monkeypatch):
+    import lightning_rwc.demo as demo
+
+    files = {"/sys/fs/cgroup/cpu.max": ["150000", "100000"]}
+    monkeypatch.setattr(demo, "_read_words", lambda path: files.get(path, []))
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert demo.cpu_budget() == 2  # 1.5 CPUs of time: two threads
+    files = {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": ["-1"], "/sys/fs/cgroup/cpu/cpu.cfs_period_us": ["100000"]}
+    assert demo.cpu_budget() == 64  # no quota: the affinity
+    files = {"/sys/fs/cgroup/cpu.max": ["max", "100000"]}
+    assert demo.cpu_budget() == 64
+
+
 def test_adapted_resnet18_keeps_small_images_alive():
     import torch
 
@@ -57,10 +70,10 @@ def test_demo_trains_logs_and_clusters(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--epochs", "3", "--limit", "256", "--out", str(tmp_path)])
+    args = parser.parse_args(["--epochs", "3", "--limit", "256", "--every-n-steps", "2", "--out", str(tmp_path)])
     summary = run_demo(args)
-    history = load_history(summary["log_dir"])
-    assert len(history) == 3 and len(history.layers) == 21
+    history = load_history(summary["log_dir"])  # 4 steps per epoch
+    assert history.steps == [2, 4, 6, 8, 10, 12] and len(history.layers) == 21
     assert 0.0 <= summary["accuracy"] <= 1.0
     out = capsys.readouterr().out
     assert f"tensorboard --logdir {tmp_path}" in out

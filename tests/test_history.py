@@ -27,14 +27,25 @@ def test_append_adds_new_layers_as_rows_with_nan_before_their_first_value():
         history.curve("c")
 
 
-def test_dict_and_json_round_trips_keep_nan_and_inf(tmp_path):
-    history = RWCHistory.from_arrays(["a", "b"], [1, 2], np.array([[0.1, np.nan], [np.inf, 0.2]]), [0, 1], [0.3, 0.4])
-    again = RWCHistory.from_dict(json.loads(json.dumps(history.to_dict())))
-    np.testing.assert_array_equal(again.values, history.values)
+def strict_json(text: str):
+    """Parse ``text`` as strict JSON: NaN, Infinity and -Infinity are errors, as in most JSON readers."""
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_and_non_finite_values_read_back_as_nan(tmp_path):
+    values = np.array([[0.1, np.nan], [np.inf, 0.2], [-np.inf, 0.3]])
+    history = RWCHistory.from_arrays(["a", "b", "c"], [1, 2], values, [0, 1], [np.inf, 0.4])
     history.save(tmp_path / "h.json")
-    loaded = load_history(tmp_path / "h.json")
-    np.testing.assert_array_equal(loaded.values, history.values)
-    assert (loaded.layers, loaded.steps, loaded.epochs) == (["a", "b"], [1, 2], [0, 1])
+    data = strict_json((tmp_path / "h.json").read_text())
+    assert data["values"] == [[0.1, None], [None, 0.2], [None, 0.3]] and data["total"] == [None, 0.4]
+    for again in (RWCHistory.from_dict(history.to_dict()), load_history(tmp_path / "h.json")):
+        np.testing.assert_array_equal(again.values, np.where(np.isfinite(values), values, np.nan))
+        np.testing.assert_array_equal(again.total, [np.nan, 0.4])
+        assert (again.layers, again.steps, again.epochs) == (["a", "b", "c"], [1, 2], [0, 1])
     assert not list(tmp_path.glob(".*tmp"))
 
 

@@ -122,6 +122,19 @@ def test_tensorboard_gets_a_heatmap_image_when_asked(tmp_path):
     assert (images[-1].height, images[-1].width) == (2 * 4, 3 * 4)  # 2 layers x 3 measurements, 4 px cells
 
 
+def test_the_heatmap_is_logged_at_epoch_ends_only_when_measuring_by_steps(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, log_heatmap=True)
+    Trainer(max_epochs=2, callbacks=[rwc], logger=logger, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
+    logger.experiment.flush()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    images = acc.Images("rwc/heatmap")
+    assert rwc.history.steps == list(range(1, 17))  # 8 steps per epoch, each measured
+    assert [i.step for i in images] == [8, 16]
+    assert (images[-1].height, images[-1].width) == (2 * 4, 16 * 4)
+
+
 def test_several_loggers_of_different_kinds_receive_identical_values(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -133,3 +133,16 @@ def test_a_real_tensorboard_serves_the_cluster_layout_with_existing_tags(cluster
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_heatmap_of_a_long_run_is_bounded_and_bins_are_means_of_logarithms():
+    from lightning_rwc.tensorboard import heatmap_image
+
+    rng = np.random.default_rng(0)
+    values = 10 ** rng.uniform(-5, 0, size=(3000, 5000))
+    image = heatmap_image(values)
+    assert image.shape == (1, 512, 1024) and image.dtype == np.uint8
+    # 4 measurements into 2 bins of 2: the bins hold the mean of log10, so (1e-1, 1e-3) reads like 1e-2
+    small = heatmap_image(np.array([[1e-1, 1e-3, 1e-2, 1e-2], [1e-4, 1e-4, 1.0, np.nan]]), cell=1, max_pixels=(8, 2))
+    assert small.tolist() == [[[128, 128], [1, 255]]]
+

@@ -1,26 +1,32 @@
 """Train the tiny model with RelativeWeightChange under a distributed strategy; Lightning re-launches this script.
 
-Usage: python fit_script.py {ddp,fsdp2} OUT_DIR
+Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven} OUT_DIR
+
+``fsdp2-uneven`` is ``fsdp2`` where, after the first epoch, rank 1 alone gets a new trainable layer: the ranks must
+agree to leave it out rather than hang or fail in the all-reduce.
 
 Rank zero writes OUT_DIR/history.json and OUT_DIR/weights_<step>.pt (full weights in float64 at every measurement and
-at the start); every rank writes OUT_DIR/collectives_<rank>.json (how many all-reduces the tracker made).
+at the start); every rank writes OUT_DIR/collectives_<rank>.json (how many all-reduces the tracker made, and the
+warnings it gave).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import make_tiny_module, tiny_loader  # noqa: E402
 
-import lightning_rwc.tracker as tracker_module  # noqa: E402
+import lightning_rwc.measure.sharding as sharding  # noqa: E402
 from lightning_rwc import RelativeWeightChange  # noqa: E402
 
 TRACKED = ["net.conv.weight", "net.head.weight"]
@@ -49,19 +55,27 @@ class FullWeights(Callback):
         self._save(trainer, pl_module)
 
 
+class GrowOnRankOne(Callback):
+    """After the first epoch, gives rank 1 alone a new trainable layer (left out of the optimizer and the forward)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0 and trainer.global_rank == 1:
+            pl_module.extra = torch.nn.Linear(3, 3)
+
+
 def main(strategy_name: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     calls = []
-    original = tracker_module.all_reduce_sum
+    original = sharding.all_reduce_sum
 
     def counting(partials):
         calls.append(tuple(partials.shape))
         return original(partials)
 
-    tracker_module.all_reduce_sum = counting
+    sharding.all_reduce_sum = counting
     torch.manual_seed(0)
     module = make_tiny_module()
-    if strategy_name == "fsdp2":
+    if strategy_name.startswith("fsdp2"):
         from lightning.pytorch.strategies import ModelParallelStrategy
         from torch.distributed.fsdp import fully_shard
 
@@ -75,20 +89,30 @@ def main(strategy_name: str, out: Path) -> None:
     else:
         strategy = "ddp"
     rwc = RelativeWeightChange()
+    # Monitoring an RWC key needs its value on every rank (under DDP only rank zero measures): a missing one fails.
+    monitor = EarlyStopping(monitor="rwc/_all", mode="min", patience=100, check_on_train_epoch_end=True)
     trainer = Trainer(
         accelerator="cpu",
         devices=2,
         strategy=strategy,
         max_epochs=3,
-        callbacks=[FullWeights(out), rwc],
+        callbacks=[FullWeights(out), rwc, monitor, *([GrowOnRankOne()] if strategy_name == "fsdp2-uneven" else [])],
         logger=CSVLogger(out, name="csv"),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(module, tiny_loader(n=64, batch_size=8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, tiny_loader(n=64, batch_size=8))
     rank = trainer.global_rank
-    (out / f"collectives_{rank}.json").write_text(json.dumps({"calls": len(calls), "measurements": len(rwc.history)}))
+    report = {
+        "calls": len(calls),
+        "measurements": len(rwc.history),
+        "warnings": [str(w.message) for w in caught],
+        "monitored": float(trainer.callback_metrics["rwc/_all"]),
+    }
+    (out / f"collectives_{rank}.json").write_text(json.dumps(report))
     if trainer.is_global_zero:
         rwc.history.save(out / "history.json")
 

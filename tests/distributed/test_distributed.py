@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).with_name("fit_script.py")
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(("strategy", "collectives_per_measurement"), [("ddp", 0), ("fsdp2", 1)])
+@pytest.mark.parametrize(("strategy", "collectives_per_measurement"), [("ddp", 0), ("fsdp2", 1), ("fsdp2-uneven", 1)])
 def test_values_equal_a_reference_from_the_full_weights(tmp_path, strategy, collectives_per_measurement):
     out = tmp_path / strategy
     subprocess.run([sys.executable, str(SCRIPT), strategy, str(out)], check=True, capture_output=True, timeout=300)
@@ -34,8 +34,11 @@ def test_values_equal_a_reference_from_the_full_weights(tmp_path, strategy, coll
     assert history.layers == ["net.conv.weight", "net.head.weight"]  # original names, also when sharded
     for rank in (0, 1):
         counts = json.loads((out / f"collectives_{rank}.json").read_text())
-        measured_here = counts["measurements"] if strategy == "fsdp2" or rank == 0 else 0
-        assert counts["calls"] == collectives_per_measurement * measured_here
+        assert counts["measurements"] == len(history)  # under DDP rank zero hands its values to the monitor's rank
+        assert counts["calls"] == collectives_per_measurement * counts["measurements"]
+        assert counts["monitored"] == pytest.approx(history.total[-1], rel=1e-6)
+        uneven = [m for m in counts["warnings"] if "'extra.weight' is a tracked parameter on some ranks only" in m]
+        assert len(uneven) == (1 if strategy == "fsdp2-uneven" and rank == 0 else 0)  # rank zero tells the user
     logged = load_history(out / "csv" / "version_0")
     assert logged.steps == history.steps
     assert logged.values.ravel().tolist() == pytest.approx(history.values.ravel().tolist())

@@ -1,14 +1,12 @@
-"""Noticing, cheaply, that a model's parameters may have changed since the last measurement.
+"""Noticing, cheaply and without global state, that a model's parameters may have changed since the last look.
 
-A tracker has to follow parameters that appear, go away, are replaced, frozen or unfrozen. Walking the module tree
-for that is most of the host's work in a measurement on a GPU (a few hundred microseconds for ResNet-152), longer
-than the kernel itself. :class:`ParameterWatch` walks the tree only when something may have changed:
-
-- every parameter and submodule registration in the process (``setattr``, ``register_parameter``, ``add_module``)
-  is counted by PyTorch's global registration hooks of :mod:`torch.nn`;
-- the other changes (``del module.weight``, ``module.weight = None``, ``requires_grad_``, a container's ``del``,
-  ``insert`` or ``pop``) show in a quick look at the modules of the last walk: the identity of every parameter, the
-  number of children of every module and every ``requires_grad`` flag, read without a Python loop.
+A tracker follows parameters that appear, go away, are replaced, frozen or unfrozen. Walking the module tree for
+that is most of the host's work in a measurement on a GPU (a few hundred microseconds for ResNet-152), longer than
+the kernel itself. :class:`ParameterWatch` walks it only when a quick look at the modules of the last walk differs:
+the names and identities of every registered parameter and submodule, and every ``requires_grad`` flag, read
+without a Python loop. Every public way of changing parameters changes one of those in a module of the last walk
+(a module attached anywhere is attached to one of them); only a new ``.data`` of a parameter does not, and the
+tracker notices that from the weights' storage and calls :meth:`ParameterWatch.forget`.
 """
 
 from __future__ import annotations
@@ -23,26 +21,6 @@ _PARAMETERS = operator.attrgetter("_parameters")
 _CHILDREN = operator.attrgetter("_modules")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _PRESENT = functools.partial(operator.is_not, None)
-
-_registrations = 0
-"""Parameters and submodules registered in this process since the hooks were installed."""
-
-
-def _count(module: nn.Module, name: str, value: object) -> None:
-    global _registrations
-    _registrations += 1
-
-
-@functools.cache
-def _install_hooks() -> None:
-    """Count registrations from now on (once per process; the hooks change nothing they see)."""
-    from torch.nn.modules.module import (
-        register_module_module_registration_hook,
-        register_module_parameter_registration_hook,
-    )
-
-    register_module_parameter_registration_hook(_count)
-    register_module_module_registration_hook(_count)
 
 
 class ParameterWatch:
@@ -61,22 +39,17 @@ class ParameterWatch:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        _install_hooks()
         self.model = model
-        self._registrations = -1  # no walk yet
-        self._layout: list[tuple[str, int, bool, int]] | None = None
         self._modules: list[nn.Module] = []
-        self._params: list[nn.Parameter | None] = []
-        self._children: list[int] = []
-        self._flags: list[bool] = []
+        self._glance: _Glance | None = None  # no walk yet
+        self._layout: list[tuple[str, int, bool, int]] | None = None
 
     def changed(self) -> bool:
         """Whether the layout differs from the one seen at the last call (``True`` at the first call)."""
-        if self._registrations == _registrations and self._looks_the_same():
+        if self._glance is not None and self._glance.same(self._modules):
             return False
-        self._registrations = _registrations  # read before walking: a registration meanwhile is seen next time
         self._modules = walk(self.model)
-        self._params, self._children, self._flags = self._look()
+        self._glance = _Glance(self._modules)
         layout = module_layout(self.model, self._modules)
         if layout == self._layout:
             return False
@@ -84,18 +57,32 @@ class ParameterWatch:
         return True
 
     def forget(self) -> None:
-        """Walk the tree at the next call (for changes no registration or quick look shows, such as a new ``ndim``)."""
-        self._registrations = -1
+        """Walk the tree at the next call (for changes no quick look shows, such as a new ``ndim``)."""
+        self._glance = None
 
-    def _look(self) -> tuple[list[nn.Parameter | None], list[int], list[bool]]:
-        params = list(chain.from_iterable(map(dict.values, map(_PARAMETERS, self._modules))))
-        children = list(map(len, map(_CHILDREN, self._modules)))
-        return params, children, list(map(_REQUIRES_GRAD, filter(_PRESENT, params)))
 
-    def _looks_the_same(self) -> bool:
-        params, children, flags = self._look()
-        same_params = len(params) == len(self._params) and all(map(operator.is_, params, self._params))
-        return same_params and children == self._children and flags == self._flags
+class _Glance:
+    """The registries of a list of modules, read in a few passes without a Python loop, and compared with identity."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.names, self.entries = self._read(modules)
+        self.parameters = sum(map(len, map(_PARAMETERS, modules)))  # the first entries are the parameters
+        self.flags = self._flags(self.entries)
+
+    @staticmethod
+    def _read(modules: list[nn.Module]) -> tuple[list[str], list[object]]:
+        registries = [*map(_PARAMETERS, modules), *map(_CHILDREN, modules)]
+        return list(chain.from_iterable(registries)), list(chain.from_iterable(map(dict.values, registries)))
+
+    def _flags(self, entries: list[object]) -> list[bool]:
+        return list(map(_REQUIRES_GRAD, filter(_PRESENT, entries[: self.parameters])))
+
+    def same(self, modules: list[nn.Module]) -> bool:
+        """Whether ``modules`` (those this glance was taken of) still hold the same names, objects and flags."""
+        names, entries = self._read(modules)
+        if names != self.names or len(entries) != len(self.entries):
+            return False
+        return all(map(operator.is_, entries, self.entries)) and self._flags(entries) == self.flags
 
 
 def walk(model: nn.Module) -> list[nn.Module]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_rwc.watch as watch_module
-from lightning_rwc.watch import ParameterWatch, module_layout
+import lightning_rwc.measure.watch as watch_module
+from lightning_rwc.measure.watch import ParameterWatch, module_layout
 
 
 def model() -> nn.Module:
@@ -56,6 +56,15 @@ def share_a_module(m):
     m[1].append(m[0])
 
 
+def replace_submodule(m):
+    m[1][1] = nn.Linear(4, 2)  # the same key, the same number of children
+
+
+def rename_last_parameter(m):
+    m[0].renamed = m[0].bias  # the same objects in the same order, under another name
+    del m[0].bias
+
+
 CHANGES = [
     add_submodule,
     delete_submodule,
@@ -67,6 +76,8 @@ CHANGES = [
     set_parameter_to_none,
     freeze,
     share_a_module,
+    replace_submodule,
+    rename_last_parameter,
 ]
 
 
@@ -83,7 +94,7 @@ def test_every_change_of_the_layout_is_noticed_once(change):
     assert not watch.changed()
 
 
-def test_the_tree_is_walked_only_after_a_registration_or_a_change_seen_at_a_glance(monkeypatch):
+def test_the_tree_is_walked_only_after_a_change_seen_at_a_glance(monkeypatch):
     m = model()
     walks = []
     original = watch_module.walk
@@ -93,12 +104,13 @@ def test_the_tree_is_walked_only_after_a_registration_or_a_change_seen_at_a_glan
     for _ in range(3):
         assert not watch.changed()
     assert len(walks) == 1
-    nn.Linear(2, 2)  # a registration anywhere in the process: walk again, find nothing new
+    other = nn.Sequential(nn.Linear(2, 2))  # modules built and changed elsewhere in the process are not looked at
+    other.extra = nn.Linear(2, 2)
     assert not watch.changed()
-    assert len(walks) == 2
+    assert len(walks) == 1
     freeze(m)
     assert watch.changed()
-    assert len(walks) == 3
+    assert len(walks) == 2
 
 
 def test_forget_makes_the_next_call_walk_and_see_a_new_number_of_dimensions():

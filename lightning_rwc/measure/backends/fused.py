@@ -2,31 +2,30 @@
 
 PyTorch's multi-tensor kernels need four passes over the weights for one measurement (the snapshot's norm, the
 difference, its norm, the refresh), so they move about 3.5 times the bytes of a copy. The kernel here reads ``W``
-and ``P`` once, reduces both per block and writes ``W`` over ``P``: the bytes of one copy and a half. A second small
-kernel adds the block sums of each tensor in float64, in a fixed order (no atomics: the result does not change from
-one run to the next).
+and ``P`` once, forms the terms of :mod:`lightning_rwc.measure.functional` per block and writes ``W`` over ``P``:
+the bytes of one copy and a half. A second small kernel adds the block sums of each tensor in float64, in a fixed
+order (no atomics: the result does not change from one run to the next).
 
 On CUDA the two launches are recorded once into a CUDA graph and replayed: a Triton launch costs tens of microseconds
 of host time, more than the kernel itself for small models, while a replay costs a few.
 
 Triton ships with PyTorch's CUDA builds on Linux and is imported at the first measurement, never with the package.
-The tracker uses this kernel for dense CUDA weights whose snapshot is laid out like them, when :data:`ENABLED` is
-true (read whenever the tracker lays out its plan) and :func:`problem` finds that it compiles and gives the right
-values on the device; otherwise it uses the multi-tensor kernels.
+:func:`problem` says whether the kernel compiles and measures a known change correctly on a device; the tracker
+uses this backend only then (:func:`~lightning_rwc.measure.backends.create_backend`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-ENABLED = True
-"""Whether the tracker may use this kernel on CUDA; set it to ``False`` to use PyTorch's multi-tensor kernels."""
+from lightning_rwc.measure.backends.base import Backend, snapshot_of
+from lightning_rwc.measure.functional import accumulation_dtype
+from lightning_rwc.warn_once import WarnOnce
 
 BLOCK = 4096
 """Elements reduced by one program: each tensor is cut into blocks of this size (the last one masked)."""
@@ -35,27 +34,22 @@ CHUNK = 1024
 """Block sums added together per step of the second kernel."""
 
 NORM_CODES = {"l1": 0, "l2": 1, "elementwise": 2}
+"""The norms the kernel has code for; another norm is measured by the other backends."""
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-_REPORTED: set[str] = set()
-"""Warnings about this kernel already given in this process: each is given once."""
-
-
-def report_once(message: str, stacklevel: int = 2) -> None:
-    """Warn with ``message`` (a :class:`RuntimeWarning`) unless this process was told it already."""
-    if message not in _REPORTED:
-        _REPORTED.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+_VERDICTS: dict[tuple[torch.device, torch.dtype, str], str | None] = {}
+"""Definite answers of :func:`problem` in this process: facts about the machine, found once."""
 
 
-@functools.cache
 def problem(device: torch.device, dtype: torch.dtype, norm: str) -> str | None:
     """Why the kernel cannot measure ``dtype`` weights on ``device`` with ``norm``, or ``None`` if it can.
 
-    Compiles the kernel and measures two small tensors with it, once per process and combination, so that a machine
-    without Triton or a working compiler, or a device that computes wrong values, is found before any real snapshot
-    is written.
+    The first time for a combination it compiles the kernel and measures a known change with it (see
+    :func:`self_test`), so that a machine without Triton or a working compiler, or a device that computes wrong
+    values, is found before any real snapshot is written. A definite answer (the values were right or wrong, or
+    Triton is missing) is kept for the process; a self-test that failed with an error (say, out of memory) is run
+    again the next time.
 
     Example::
 
@@ -64,16 +58,28 @@ def problem(device: torch.device, dtype: torch.dtype, norm: str) -> str | None:
     """
     if device.type != "cuda":
         return "the fused kernel runs on CUDA devices only"
-    if dtype not in _DTYPES:
-        return f"the fused kernel takes {_DTYPES}, got {dtype}"
-    return _self_test(device, dtype, norm)
+    if dtype not in DTYPES:
+        return f"the fused kernel takes {DTYPES}, got {dtype}"
+    if norm not in NORM_CODES:
+        return f"the fused kernel has no code for norm {norm!r}"
+    key = (device, dtype, norm)
+    if key not in _VERDICTS:
+        verdict, definite = self_test(device, dtype, norm)
+        if not definite:
+            return verdict
+        _VERDICTS[key] = verdict
+    return _VERDICTS[key]
 
 
-def _self_test(device: torch.device, dtype: torch.dtype, norm: str) -> str | None:
-    """Measure a known change on ``device`` (a masked block, a full one and another tensor); why it failed, or ``None``.
+def self_test(device: torch.device, dtype: torch.dtype, norm: str) -> tuple[str | None, bool]:
+    """Measure a known change on ``device`` (a masked block, a full one and another tensor).
 
     From ``[2, -4, 0]`` to ``[3, -2, 1]``: changes 1, 2, 1 (L1 4, squares 6, ratios 0.5 + 0.5 over two nonzero
     elements) against 6 or 20; a second tensor of ``BLOCK + 1`` ones that does not change.
+
+    Returns:
+        Why the kernel failed (``None`` if it did not), and whether that answer is definite: the kernel ran, or
+        Triton cannot be imported. Any other error may pass (an out-of-memory error, a busy device).
     """
     values = ([2.0, -4.0, 0.0], [3.0, -2.0, 1.0])
     previous, current = (
@@ -82,74 +88,98 @@ def _self_test(device: torch.device, dtype: torch.dtype, norm: str) -> str | Non
     expected = {"l1": [[4.0, 0.0], [6.0, BLOCK + 1]], "l2": [[6.0, 0.0], [20.0, BLOCK + 1]]}
     expected["elementwise"] = [[1.0, 0.0], [2.0, BLOCK + 1]]
     try:
-        accumulate = torch.float64 if dtype == torch.float64 else torch.float32
-        got = FusedKernel(current, previous, accumulate).measure(norm).tolist()
-    except Exception as err:  # Triton missing, no compiler, unsupported device: nothing real was written
-        return f"{type(err).__name__}: {err}"
-    if got != expected[norm] or not all(torch.equal(p, w) for p, w in zip(previous, current, strict=True)):
-        return f"the kernel measured {got} where {expected[norm]} was expected"
-    return None
+        kernel = FusedKernel(current, list(previous), norm)
+        got = kernel.launch().tolist()
+    except ImportError as err:
+        return f"{type(err).__name__}: {err}", True
+    except Exception as err:  # no compiler, unsupported device, out of memory: nothing real was written
+        return f"{type(err).__name__}: {err}", False
+    if got != expected[norm] or not all(torch.equal(p, w) for p, w in zip(kernel.snapshots, current, strict=True)):
+        return f"the kernel measured {got} where {expected[norm]} was expected", True
+    return None, True
 
 
-class FusedKernel:
-    """The launch plan for one group of weights of one dtype and device, with their snapshots laid out alike.
+class FusedKernel(Backend):
+    """Dense weights of one dtype and device, measured by the Triton kernel; snapshots laid out like the weights.
 
     Every tensor is addressed by its element offset from the first one, so that a single launch covers them all.
 
     Args:
-        current: the weights (dense in memory).
-        snapshots: their snapshots, each with the strides of its weight.
-        accumulate: dtype of the sums (float32, or float64 for float64 weights).
-
-    Raises:
-        ValueError: if a snapshot is laid out unlike its weight.
+        weights: the weights (dense in memory).
+        baselines: see :class:`~lightning_rwc.measure.backends.base.Backend`.
+        norm: one of :data:`NORM_CODES`.
+        warn: gives the warning when the launches cannot be recorded into a CUDA graph.
     """
 
-    def __init__(self, current: list[Tensor], snapshots: list[Tensor], accumulate: torch.dtype) -> None:
-        for w, p in zip(current, snapshots, strict=True):
-            if w.stride() != p.stride() or w.dtype != p.dtype or w.device != p.device:
-                raise ValueError("each snapshot must have the dtype, device and strides of its weight")
-        device = current[0].device
-        self.current, self.snapshots = current, snapshots
-        self.w_offsets = _element_offsets(current)
-        self.p_offsets = _element_offsets(snapshots)
-        self.align = 16 // current[0].element_size() if _aligned(current + snapshots) else 1
+    def __init__(
+        self, weights: list[Tensor], baselines: list[Tensor | None], norm: str, warn: WarnOnce | None = None
+    ) -> None:
+        super().__init__(weights, baselines, norm)
+        self.snapshots = [snapshot_of(w, b) for w, b in zip(weights, baselines, strict=True)]
+        self.warn = warn or WarnOnce()
+        device = weights[0].device
+        self.w_offsets = _element_offsets(weights)
+        self.p_offsets = _element_offsets(self.snapshots)
+        self.align = 16 // weights[0].element_size() if _aligned(weights + self.snapshots) else 1
         self.block = BLOCK
-        numels = torch.tensor([w.numel() for w in current], dtype=torch.int64)
+        numels = torch.tensor([w.numel() for w in weights], dtype=torch.int64)
         counts = (numels + BLOCK - 1) // BLOCK
         firsts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-        owners = torch.repeat_interleave(torch.arange(len(current)), counts)
+        owners = torch.repeat_interleave(torch.arange(len(weights)), counts)
         starts = (torch.arange(int(firsts[-1])) - firsts[owners]) * BLOCK
         self.blocks = int(firsts[-1])
         self.numels, self.firsts, self.owners, self.starts = (
             t.to(device) for t in (numels, firsts, owners.to(torch.int32), starts)
         )
-        self.partials = torch.empty(2, self.blocks, dtype=accumulate, device=device)
-        self.totals = torch.zeros(2, len(current), dtype=torch.float64, device=device)  # add_blocks fills every entry
-        self.graphs: dict[str, torch.cuda.CUDAGraph | None] = {}
+        self.partials = torch.empty(2, self.blocks, dtype=accumulation_dtype(weights[0].dtype), device=device)
+        self.totals = torch.zeros(2, len(weights), dtype=torch.float64, device=device)  # add_blocks fills every entry
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.recorded = False
 
-    def measure(self, norm: str) -> Tensor:
-        """Per-tensor numerators and denominators, shape ``(2, k)`` in float64; refreshes the snapshots.
+    def measure(self) -> Tensor:
+        """Per-tensor numerators and denominators, ``(2, k)`` float64; refreshes the snapshots.
 
-        The result is the plan's output buffer: the next call overwrites it. On CUDA the first call launches the
+        The result is the backend's output buffer: the next call overwrites it. On CUDA the first call launches the
         kernels and records them into a CUDA graph that later calls replay.
         """
-        device = self.totals.device
-        if not self.blocks:  # nothing but empty tensors
+        if self.graph is not None:
+            with torch.cuda.device(self.totals.device):
+                self.graph.replay()
             return self.totals
-        # Triton and CUDA graphs launch on the current device: make it the weights' one
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            graph = self.graphs.get(norm)
-            if graph is not None:
-                graph.replay()
-                return self.totals
-            self._launch(norm)
-            if device.type == "cuda" and norm not in self.graphs:
-                self.graphs[norm] = self._record(norm)
+        self.launch()
+        if self.totals.device.type == "cuda" and not self.recorded:
+            self.graph, self.recorded = self._record(), True
         return self.totals
 
-    def _record(self, norm: str) -> torch.cuda.CUDAGraph | None:
-        """The launches of :meth:`_launch` as a CUDA graph (recorded, not run), or ``None`` with a warning."""
+    def launch(self) -> Tensor:
+        """Launch the two kernels (no CUDA graph); the result as :meth:`measure`'s."""
+        if not self.blocks:  # nothing but empty tensors
+            return self.totals
+        device = self.totals.device
+        # Triton launches on the current device: make it the weights' one
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            measure_blocks, add_blocks = _kernels()
+            measure_blocks[(self.blocks,)](
+                self.weights[0],
+                self.snapshots[0],
+                self.w_offsets,
+                self.p_offsets,
+                self.numels,
+                self.owners,
+                self.starts,
+                self.partials,
+                self.blocks,
+                NORM=NORM_CODES[self.norm],
+                ALIGN=self.align,
+                BLOCK=self.block,
+            )
+            add_blocks[(len(self.weights), 2)](self.partials, self.firsts, self.totals, self.blocks, CHUNK=CHUNK)
+        return self.totals
+
+    def _record(self) -> torch.cuda.CUDAGraph | None:
+        """The launches of :meth:`launch` as a CUDA graph (recorded, not run), or ``None`` with a warning."""
+        if not self.blocks:
+            return None
         device = self.totals.device
         graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -158,36 +188,19 @@ class FusedKernel:
                 # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile
                 graph.capture_begin(capture_error_mode="thread_local")
                 try:
-                    self._launch(norm)
+                    self.launch()
                 finally:
                     graph.capture_end()
         except Exception as err:  # nothing ran: launching without a graph gives the same values, only slower
             reason = f"{type(err).__name__}: {err}"
-            report_once(
-                f"Launching the fused kernel without a CUDA graph ({reason}): the same values, more host time.", 3
+            self.warn(
+                ("graph", reason),
+                f"Launching the fused kernel without a CUDA graph ({reason}): the same values, more host time.",
             )
             return None
         finally:
             torch.cuda.current_stream(device).wait_stream(stream)
         return graph
-
-    def _launch(self, norm: str) -> None:
-        measure_blocks, add_blocks = _kernels()
-        measure_blocks[(self.blocks,)](
-            self.current[0],
-            self.snapshots[0],
-            self.w_offsets,
-            self.p_offsets,
-            self.numels,
-            self.owners,
-            self.starts,
-            self.partials,
-            self.blocks,
-            NORM=NORM_CODES[norm],
-            ALIGN=self.align,
-            BLOCK=self.block,
-        )
-        add_blocks[(len(self.current), 2)](self.partials, self.firsts, self.totals, self.blocks, CHUNK=CHUNK)
 
 
 def _element_offsets(tensors: list[Tensor]) -> Tensor:

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from lightning_rwc import fused
+from lightning_rwc.measure.backends import fused
 
 
 def main(cases_path: str, results_path: str) -> None:
@@ -17,11 +17,10 @@ def main(cases_path: str, results_path: str) -> None:
     fused.CHUNK = 4  # tensors of more than 4 blocks are added in several steps
     results = {}
     for name, (current, previous, norm) in torch.load(cases_path).items():
-        accumulate = torch.float64 if current[0].dtype == torch.float64 else torch.float32
-        kernel = fused.FusedKernel(current, previous, accumulate)
-        results[name] = (kernel.measure(norm), previous, kernel.align)  # previous now holds the refreshed snapshots
+        kernel = fused.FusedKernel(current, previous, norm)
+        results[name] = (kernel.measure(), kernel.snapshots, kernel.align)
     for norm in fused.NORM_CODES:
-        results[f"self-test {norm}"] = fused._self_test(torch.device("cpu"), torch.float32, norm)
+        results[f"self-test {norm}"] = fused.self_test(torch.device("cpu"), torch.float32, norm)
     torch.save(results, results_path)
 
 

@@ -1,4 +1,4 @@
-"""WeightChangeTracker: values against a plain float64 re-computation, selection rules, edge cases."""
+"""WeightChangeTracker: values against a plain float64 re-computation, the lifecycle of baselines, edge cases."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import torchvision
 from conftest import reference_rwc, weights
 from torch import nn
 
-import lightning_rwc.tracker as tracker_module
-from lightning_rwc import WeightChangeTracker, fused
-from lightning_rwc.tracker import select_parameters
+import lightning_rwc.measure.tracker as tracker_module
+from lightning_rwc import WeightChangeTracker
+from lightning_rwc.measure.backends import cpu as cpu_backend
+from lightning_rwc.measure.backends import fused
+from lightning_rwc.measure.backends.base import memory_order
 
 MODELS = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
@@ -59,22 +61,6 @@ def test_all_is_the_ratio_over_all_weights_as_one_vector_not_a_sum_of_ratios():
     assert values["_all"] == pytest.approx(4 / 44)
 
 
-def test_weights_selection_tracks_kernels_only_and_trainable_tracks_everything(tiny_net):
-    assert WeightChangeTracker(tiny_net).names == ["conv.weight", "head.weight"]
-    assert WeightChangeTracker(tiny_net, params="trainable").names == [name for name, _ in tiny_net.named_parameters()]
-
-
-def test_frozen_parameters_are_never_tracked(tiny_net):
-    tiny_net.conv.weight.requires_grad_(False)
-    assert WeightChangeTracker(tiny_net, params="trainable").names == [
-        "conv.bias",
-        "bn.weight",
-        "bn.bias",
-        "head.weight",
-        "head.bias",
-    ]
-
-
 def test_tied_weights_are_measured_once():
     class Tied(nn.Module):
         def __init__(self):
@@ -91,12 +77,6 @@ def test_tied_weights_are_measured_once():
         model.out.weight.mul_(1.25)
     expected = reference_rwc(before, weights(model, tracker.names), "l1")
     assert tracker.step() == pytest.approx(expected)
-
-
-def test_include_and_exclude_narrow_the_selection():
-    model = torchvision.models.resnet18()
-    names = WeightChangeTracker(model, include=r"^layer1\.", exclude=["downsample", r"conv2"]).names
-    assert names == ["layer1.0.conv1.weight", "layer1.1.conv1.weight"]
 
 
 def test_nothing_to_track_names_the_filters(tiny_net):
@@ -222,19 +202,19 @@ def test_snapshot_is_one_copy_refreshed_in_place(tiny_net):
     tracker = WeightChangeTracker(tiny_net)
     tracked = dict(tiny_net.named_parameters())
     weight_bytes = sum(tracked[n].numel() * 4 for n in tracker.names)
-    row_fill = len(tracker.names) * (tracker_module.ROW - 1) * 4
+    row_fill = len(tracker.names) * (cpu_backend.ROW - 1) * 4
     assert weight_bytes <= tracker.snapshot_bytes <= weight_bytes + row_fill
-    pointers = [t.snapshot.data_ptr() for t in tracker._tensors.values()]
+    pointers = [snapshot.data_ptr() for snapshot in tracker._snapshots().values()]
     perturb(tiny_net, 0, 0.1)
     tracker.step()
-    assert [t.snapshot.data_ptr() for t in tracker._tensors.values()] == pointers
+    assert [snapshot.data_ptr() for snapshot in tracker._snapshots().values()] == pointers
     assert tracker.step() == {name: 0.0 for name in [*tracker.names, "_all"]}
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
 def test_layers_split_across_many_batches_and_partial_rows_match_reference(monkeypatch, norm):
-    monkeypatch.setattr(tracker_module, "ROW", 8)
-    monkeypatch.setattr(tracker_module, "BATCH", 40)  # 5 rows; layers of 10 elements or more are measured alone
+    monkeypatch.setattr(cpu_backend, "ROW", 8)
+    monkeypatch.setattr(cpu_backend, "BATCH", 40)  # 5 rows; layers of 10 elements or more are measured alone
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(3 + i % 7, 2 + i % 5) for i in range(40)], nn.Linear(50, 30))
     tracker = WeightChangeTracker(model, norm=norm, params="trainable")
@@ -250,7 +230,7 @@ def test_weights_in_any_memory_layout_match_reference():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)).to(memory_format=torch.channels_last)
     model.transposed = nn.Parameter(torch.randn(6, 5).t())
     model.strided = nn.Parameter(torch.randn(6, 10)[:, ::2])
-    assert not model.transposed.is_contiguous() and tracker_module._memory_order(model.strided) is None
+    assert not model.transposed.is_contiguous() and memory_order(model.strided) is None
     tracker = WeightChangeTracker(model)
     for seed in (1, 2):
         before = weights(model, tracker.names)
@@ -279,24 +259,6 @@ def test_snapshot_in_host_memory_gives_the_same_values(norm):
     for seed in (1, 2):
         perturb(model, seed, 0.01)
         assert on_host.step() == pytest.approx(default.step(), rel=1e-6)
-
-
-@pytest.mark.parametrize("streamed", [False, True], ids=["multi-tensor", "streamed"])
-@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
-def test_the_accelerator_paths_match_reference_on_cpu_tensors(norm, streamed):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    tracker = WeightChangeTracker(model, norm=norm)
-    group = tracker_module._TensorLists(list(tracker._tensors.values()), streamed, norm)
-    before = weights(model, tracker.names)
-    perturb(model, 1, 0.01)
-    numerators, denominators = group.measure(norm).tolist()
-    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
-    got = dict(zip(tracker.names, [math.sqrt(r) for r in ratios] if norm == "l2" else ratios, strict=True))
-    expected = reference_rwc(before, weights(model, tracker.names), norm)
-    # rel=1e-4 as on the GPU: PyTorch's CPU norm kernels sum 2.4 M elements in float32 (error about 2e-5 here)
-    assert got == pytest.approx({name: expected[name] for name in tracker.names}, rel=1e-4)
-    assert all(torch.equal(p, w) for p, w in zip(group.snapshots, group.current, strict=True))
 
 
 def test_parameters_that_appear_or_disappear_start_and_end_their_curves(tiny_net):
@@ -369,10 +331,6 @@ def test_reset_makes_the_current_weights_the_baseline(tiny_net):
     assert tracker.step()["_all"] == 0.0
 
 
-def test_select_parameters_is_usable_alone(tiny_net):
-    assert [n for n, _ in select_parameters(tiny_net, "trainable")] == [n for n, _ in tiny_net.named_parameters()]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("snapshot_device", [None, "cpu"])
@@ -412,15 +370,14 @@ def perturb_on_gpu(model: nn.Module, seed: int) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
-def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(norm, dtype, monkeypatch):
+def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(norm, dtype):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     model = torchvision.models.resnet18().to("cuda", dtype)
-    fast = WeightChangeTracker(model, norm=norm)
-    monkeypatch.setattr(fused, "ENABLED", False)
-    multi_tensor = WeightChangeTracker(model, norm=norm)
-    assert [group.kernel is not None for _, group in fast._groups] == [True]
-    assert [group.kernel is None for _, group in multi_tensor._groups] == [True]
+    fast = WeightChangeTracker(model, norm=norm, kernel="triton")
+    multi_tensor = WeightChangeTracker(model, norm=norm, kernel="foreach")
+    assert [type(group.backend).__name__ for group in fast._groups] == ["FusedKernel"]
+    assert [type(group.backend).__name__ for group in multi_tensor._groups] == ["TensorLists"]
     for seed in (1, 2, 3):  # launched and recorded into a CUDA graph, then the graph replayed twice
         before = weights(model, fast.names)
         perturb_on_gpu(model, seed)
@@ -434,13 +391,17 @@ def test_on_gpu_the_fused_kernel_matches_reference_and_the_multi_tensor_kernels(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_gpu_a_kernel_that_cannot_run_is_reported_once_and_replaced(monkeypatch):
     monkeypatch.setattr(fused, "problem", lambda device, dtype, norm: "RuntimeError: no C compiler found")
-    monkeypatch.setattr(fused, "_REPORTED", set())
     model = torchvision.models.resnet18().cuda()
     with pytest.warns(RuntimeWarning, match="multi-tensor kernels.*no C compiler found"):
         tracker = WeightChangeTracker(model)
+    assert [type(group.backend).__name__ for group in tracker._groups] == ["TensorLists"]
+    with pytest.raises(RuntimeError, match="kernel='triton' cannot measure.*no C compiler found"):
+        WeightChangeTracker(model, kernel="triton")
+    with torch.no_grad():
+        model.fc.weight.data = model.fc.weight.data.clone()  # new storage: the backends are built again
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        WeightChangeTracker(model)
+        warnings.simplefilter("error")  # the same tracker does not warn twice
+        tracker.step()
     before = weights(model, tracker.names)
     perturb_on_gpu(model, 1)
     assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), "l1"), rel=1e-4)
@@ -472,7 +433,6 @@ def test_on_gpu_a_graph_that_cannot_be_recorded_is_reported_once_and_the_kernel_
         raise RuntimeError("capture refused")
 
     monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", refuse)
-    monkeypatch.setattr(fused, "_REPORTED", set())
     model = torchvision.models.resnet18().cuda()
     tracker = WeightChangeTracker(model)
     with pytest.warns(RuntimeWarning, match="without a CUDA graph.*capture refused"):
@@ -499,3 +459,91 @@ def test_a_weight_given_another_shape_restarts_its_curve(tiny_net):
         tiny_net.head.weight.data = torch.randn(5)  # one dimension: no longer a weight for params="weights"
     assert set(tracker.step()) == {"conv.weight", "_all"}
     assert tracker.names == ["conv.weight"]
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
+def test_multi_tensor_kernels_on_the_cpu_match_reference(norm):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    tracker = WeightChangeTracker(model, norm=norm, kernel="foreach")
+    assert [type(group.backend).__name__ for group in tracker._groups] == ["TensorLists"]
+    before = weights(model, tracker.names)
+    perturb(model, 1, 0.01)
+    # rel=1e-4 as on the GPU: PyTorch's CPU norm kernels sum 2.4 M elements in float32 (error about 2e-5 here)
+    assert tracker.step() == pytest.approx(reference_rwc(before, weights(model, tracker.names), norm), rel=1e-4)
+
+
+def test_kernel_triton_without_cuda_says_why_it_cannot_run(tiny_net):
+    with pytest.raises(RuntimeError, match="kernel='triton' cannot measure these weights: .*CUDA devices only"):
+        WeightChangeTracker(tiny_net, kernel="triton")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        WeightChangeTracker(tiny_net, kernel="cuda")
+
+
+def test_warnings_go_to_the_given_callable_once_per_layer_and_nowhere_else(tiny_net):
+    messages = []
+    tracker = WeightChangeTracker(tiny_net, warn=messages.append)
+    with torch.no_grad():
+        tiny_net.head.weight[0, 0] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.step()
+        tracker.step()
+    assert caught == []
+    assert messages == [
+        "RWC of 'head.weight' is nan: its weights contain NaN or inf.",
+        "RWC of '_all' is nan: its weights contain NaN or inf.",
+    ]
+
+
+def test_a_second_tracker_warns_again_nothing_is_remembered_for_the_process(tiny_net):
+    with torch.no_grad():
+        tiny_net.head.weight[0, 0] = float("nan")
+    for _ in range(2):
+        tracker = WeightChangeTracker(tiny_net)
+        with pytest.warns(RuntimeWarning, match="'head.weight' is nan"):
+            tracker.step()
+
+
+def test_the_default_warning_points_at_the_callers_line(tiny_net):
+    tracker = WeightChangeTracker(tiny_net)
+    with torch.no_grad():
+        tiny_net.head.weight[0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning) as caught:
+        tracker.step()
+    assert {w.filename for w in caught} == {__file__}
+
+
+class Checkpointed(nn.Module):
+    """A model whose middle layer is wrapped for activation checkpointing, as FSDP users do."""
+
+    def __init__(self, wrap: bool) -> None:
+        super().__init__()
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        torch.manual_seed(0)
+        self.first, self.middle, self.last = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        if wrap:
+            self.middle = checkpoint_wrapper(self.middle)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda: torch.compile(Checkpointed(False)), id="torch.compile"),
+        pytest.param(lambda: Checkpointed(True), id="activation checkpointing"),
+        pytest.param(lambda: nn.DataParallel(Checkpointed(False)), id="DataParallel"),
+        pytest.param(lambda: torch.compile(nn.DataParallel(Checkpointed(True))), id="all three"),
+    ],
+)
+def test_wrapped_models_give_the_same_names_and_values_as_the_plain_one(wrap):
+    plain, wrapped = Checkpointed(False), wrap()
+    raw = [name for name, _ in wrapped.named_parameters()]
+    assert any(("_orig_mod" in n or "_checkpoint" in n or n.startswith("module.")) for n in raw)
+    trackers = [WeightChangeTracker(plain, include=r"^(first|middle)\."), WeightChangeTracker(wrapped, include="mid")]
+    assert trackers[0].names == ["first.weight", "middle.weight"]
+    assert trackers[1].names == ["middle.weight"]  # filters see the names without the wrappers' attributes
+    for model in (plain, wrapped):
+        perturb(model, 1, 0.01)
+    values = [tracker.step() for tracker in trackers]
+    assert values[1]["middle.weight"] == values[0]["middle.weight"]

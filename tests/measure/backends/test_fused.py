@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import reference_rwc
 
-from lightning_rwc import fused
+from lightning_rwc.measure.backends import fused
 
 pytest.importorskip("triton")
 
@@ -107,29 +107,37 @@ def test_matches_float64_reference_and_refreshes_the_snapshot(interpreted, case)
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_self_test_passes_where_the_kernel_runs(interpreted, norm):
-    assert interpreted["results"][f"self-test {norm}"] is None
+    assert interpreted["results"][f"self-test {norm}"] == (None, True)
 
 
-def test_self_test_reports_why_the_kernel_cannot_run(monkeypatch):
+@pytest.mark.parametrize(
+    ("error", "definite"), [(RuntimeError("no C compiler found"), False), (ImportError("no triton"), True)]
+)
+def test_self_test_reports_why_the_kernel_cannot_run_and_whether_that_is_definite(monkeypatch, error, definite):
     def broken():
-        raise RuntimeError("no C compiler found")
+        raise error
 
     monkeypatch.setattr(fused, "_kernels", broken)
-    assert fused._self_test(torch.device("cpu"), torch.float32, "l1") == "RuntimeError: no C compiler found"
+    reason = f"{type(error).__name__}: {error}"
+    assert fused.self_test(torch.device("cpu"), torch.float32, "l1") == (reason, definite)
 
 
-def test_each_warning_about_the_kernel_is_given_once_per_process(monkeypatch):
-    monkeypatch.setattr(fused, "_REPORTED", set())
-    with pytest.warns(RuntimeWarning) as caught:
-        for _ in range(3):
-            fused.report_once("no compiler")
-            fused.report_once("capture refused")
-    assert [str(w.message) for w in caught] == ["no compiler", "capture refused"]
+def test_a_failed_self_test_is_tried_again_and_only_a_definite_answer_is_kept(monkeypatch):
+    answers = iter([("OutOfMemoryError: CUDA out of memory", False), (None, True)])
+    calls = []
+    monkeypatch.setattr(fused, "self_test", lambda *args: calls.append(args) or next(answers))
+    monkeypatch.setattr(fused, "_VERDICTS", {})
+    cuda = torch.device("cuda", 0)
+    assert fused.problem(cuda, torch.float32, "l1") == "OutOfMemoryError: CUDA out of memory"
+    assert fused.problem(cuda, torch.float32, "l1") is None  # tried again, and this time it ran
+    assert fused.problem(cuda, torch.float32, "l1") is None  # kept: no third self-test
+    assert len(calls) == 2
 
 
-def test_only_cuda_devices_and_floating_types_are_offered_to_the_kernel():
+def test_only_cuda_devices_floating_types_and_known_norms_are_offered_to_the_kernel():
     assert fused.problem(torch.device("cpu"), torch.float32, "l1") == "the fused kernel runs on CUDA devices only"
     assert "got torch.int64" in fused.problem(torch.device("cuda"), torch.int64, "l1")
+    assert fused.problem(torch.device("cuda"), torch.float32, "l3") == "the fused kernel has no code for norm 'l3'"
 
 
 POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float64: "*fp64"}

@@ -1,0 +1,28 @@
+"""Measuring relative weight change where the weights live: plain PyTorch, usable without Lightning.
+
+=====================  ==========================================================================================
+module                 its job
+=====================  ==========================================================================================
+``functional``         the formula, once: element sums for each norm, ratios from sums, accumulation dtype
+``tracker``            :class:`WeightChangeTracker`: which parameters, their baselines, one measurement per step
+``select``             which tensors: filters, their validation, names without wrapper attributes
+``sharding``           sharded parameters (``DTensor``): local shards, replicas, the one all-reduce, rank agreement
+``watch``              noticing cheaply that the model's parameters may have changed
+``backends``           how a group of tensors is measured: CPU batches, multi-tensor kernels, the Triton kernel,
+                       a snapshot in host memory
+=====================  ==========================================================================================
+"""
+
+from lightning_rwc.measure.functional import NORMS, Norm, relative_weight_change
+from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, select_parameters
+from lightning_rwc.measure.tracker import WeightChangeTracker
+
+__all__ = [
+    "NORMS",
+    "PARAM_SELECTIONS",
+    "Norm",
+    "ParamSelection",
+    "WeightChangeTracker",
+    "relative_weight_change",
+    "select_parameters",
+]

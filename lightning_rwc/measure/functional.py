@@ -1,0 +1,175 @@
+"""The formula of relative weight change, written once: element sums for each norm, and ratios from those sums.
+
+For a weight ``W`` and its previous value ``P``, every norm is the ratio of two sums whose terms are:
+
+=================  =====================================  ===========================  =====================
+norm               numerator term                         denominator term             value
+=================  =====================================  ===========================  =====================
+``l1``             ``|P - W|``                            ``|P|``                      the ratio
+``l2``             ``(P - W) ** 2``                       ``P ** 2``                   its square root
+``elementwise``    ``|P - W| / |P|`` where ``P != 0``     ``1`` where ``P != 0``       the ratio
+=================  =====================================  ===========================  =====================
+
+Sums add up over the elements, rows, shards and tensors they cover, so a measurement moves sums (not ratios)
+between devices and ranks and forms ratios once, in float64, with :func:`ratios`. Every backend of the tracker
+forms its sums with :func:`element_sums` or :func:`tensor_sums` (the Triton kernel of
+:mod:`lightning_rwc.measure.backends.fused` with the same terms in Triton's language). To add a norm, add its terms
+here; a backend without code for it falls back to these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_rwc.validate import check_choice
+
+Norm = Literal["l1", "l2", "elementwise"]
+NORMS: tuple[str, ...] = ("l1", "l2", "elementwise")
+
+ORDERS: dict[str, int] = {"l1": 1, "l2": 2}
+"""The norms that are p-norms: their terms are ``|x| ** p`` and their value is the p-th root of the ratio."""
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums of ``dtype`` weights are accumulated in: float64 for float64 weights, float32 otherwise.
+
+    Example::
+
+        >>> accumulation_dtype(torch.bfloat16), accumulation_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def element_sums(
+    previous: Tensor,
+    current: Tensor,
+    norm: str,
+    dim: int | None = None,
+    *,
+    out: Tensor | None = None,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """The numerator and denominator sums of ``current`` against ``previous``, over all elements or along ``dim``.
+
+    ``P - W`` is formed in the weights' dtype: for half precision it is exact whenever a weight changed by less than
+    its own magnitude (Sterbenz lemma); the sums are accumulated in :func:`accumulation_dtype`.
+
+    Args:
+        previous: ``P``.
+        current: ``W``, of the same shape and dtype.
+        norm: one of :data:`NORMS`.
+        dim: the dimension to sum along; ``None`` sums everything.
+        out: where to write the result (shape ``(2, ...)``); a new tensor by default.
+        scratch: a tensor shaped like ``previous`` for the intermediate terms (no allocation for ``l1``).
+
+    Returns:
+        ``out``: numerators in ``out[0]``, denominators in ``out[1]``.
+
+    Example::
+
+        >>> element_sums(torch.tensor([2.0, -4.0, 0.0]), torch.tensor([3.0, -2.0, 1.0]), "l1").tolist()
+        [4.0, 6.0]
+    """
+    if out is None:
+        kept = [] if dim is None else [size for d, size in enumerate(previous.shape) if d != dim % previous.dim()]
+        out = torch.empty(2, *kept, dtype=accumulation_dtype(current.dtype), device=current.device)
+    change = torch.sub(previous, current, out=scratch)
+    if norm == "elementwise":
+        nonzero = previous != 0
+        terms = change.abs_().to(torch.float32 if change.dtype in LOW_PRECISION else change.dtype) / previous.abs()
+        torch.sum(terms.masked_fill_(~nonzero, 0.0), dim, dtype=out.dtype, out=out[0])
+        torch.sum(nonzero, dim, dtype=out.dtype, out=out[1])
+        return out
+    order = ORDERS[norm]
+    torch.sum(_power(change, order), dim, dtype=out.dtype, out=out[0])
+    torch.sum(_power(previous, order, change), dim, dtype=out.dtype, out=out[1])
+    return out
+
+
+def tensor_sums(tensors: Sequence[Tensor], norm: str) -> Tensor:
+    """The sums of ``|x| ** p`` of each tensor for a p-norm (:data:`ORDERS`), in multi-tensor kernels: float64 ``(k,)``.
+
+    The denominator sums are ``tensor_sums(P)`` and the numerator sums ``tensor_sums(P - W)``.
+
+    Example::
+
+        >>> tensor_sums([torch.tensor([3.0, -4.0]), torch.tensor([1.0])], "l2").tolist()
+        [25.0, 1.0]
+    """
+    order = ORDERS[norm]
+    accumulate = accumulation_dtype(tensors[0].dtype)
+    norms = torch._foreach_norm(list(tensors), order, dtype=None if accumulate == tensors[0].dtype else accumulate)
+    sums = torch.stack(norms).to(torch.float64)
+    return sums if order == 1 else sums.pow_(order)
+
+
+def ratios(sums: Tensor, norm: str) -> Tensor:
+    """The values of ``norm`` from ``(2, k)`` sums: ``nan`` where a denominator is zero (the ratio is undefined).
+
+    Example::
+
+        >>> ratios(torch.tensor([[4.0, 1.0], [16.0, 0.0]], dtype=torch.float64), "l2").tolist()
+        [0.5, nan]
+    """
+    numerators, denominators = sums
+    values = torch.where(denominators != 0, numerators / denominators, math.nan)
+    order = ORDERS.get(norm, 1)
+    return values if order == 1 else values.pow_(1 / order)
+
+
+def relative_weight_change(
+    previous: Tensor | Sequence[Tensor], current: Tensor | Sequence[Tensor], norm: Norm = "l1"
+) -> float | list[float]:
+    """The relative weight change of ``current`` against ``previous``: one tensor, or each pair of two lists.
+
+    The tracker computes the same values for a whole model with one pass over its weights; this function is the
+    formula for a few tensors, with one transfer of all the sums to the host.
+
+    Raises:
+        ValueError: for an unknown ``norm``, lists of different lengths or a pair of tensors of different shapes.
+
+    Example::
+
+        >>> relative_weight_change(torch.tensor([1.0, -3.0]), torch.tensor([1.5, -3.0]))
+        0.125
+        >>> relative_weight_change([torch.ones(2), torch.ones(3)], [torch.zeros(2), torch.ones(3)], norm="l2")
+        [1.0, 0.0]
+    """
+    check_choice("norm", norm, NORMS)
+    single = isinstance(previous, Tensor)
+    if single != isinstance(current, Tensor) or (not single and len(previous) != len(current)):
+        raise ValueError("previous and current must both be tensors, or sequences of tensors of the same length")
+    pairs = [(previous, current)] if single else list(zip(previous, current, strict=True))
+    for p, w in pairs:
+        if p.shape != w.shape:
+            raise ValueError(
+                f"previous has shape {tuple(p.shape)} and current {tuple(w.shape)}: compare a tensor with an "
+                "earlier copy of itself"
+            )
+    if not pairs:
+        return []
+    device = pairs[0][1].device
+    sums = [element_sums(p.detach(), w.detach(), norm).to(device, torch.float64) for p, w in pairs]
+    values = ratios(torch.stack(sums, dim=1).cpu(), norm).tolist()
+    return values[0] if single else values
+
+
+def _power(x: Tensor, order: int, out: Tensor | None = None) -> Tensor:
+    """``|x|`` (order 1) or ``x ** 2`` (order 2), into ``out`` (``x`` itself by default).
+
+    Squares of half precision are taken in float32, where they cannot overflow.
+    """
+    out = x if out is None else out
+    if order == 1:
+        return torch.abs(x, out=out)
+    if x.dtype in LOW_PRECISION:
+        return x.to(torch.float32).square_()
+    return torch.mul(x, x, out=out)
