@@ -9,7 +9,10 @@ Every ratio is measured side by side in one process:
    kernels;
 3. the epoch-time overhead of the callback in a real ``Trainer.fit`` (interleaved runs, on the CPU or the GPU);
 4. the memory of the snapshot against the tracked weights;
-5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements.
+5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements;
+6. monitoring every step (:mod:`benchmarks.every_step`): logging one measurement to TensorBoard, a GPT-style model
+   trained with no monitoring, the bare tracker and the callback, and on CUDA GPT-2 1.5B's weights against the copy
+   and PCIe bounds.
 
 With ``--profile`` the report also holds, per model, the operations that take the most time in ``tracker.step()``
 (PyTorch's profiler; device time on CUDA), to say which one dominates when a target is missed.
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks import every_step
 from lightning_rwc.measure import WeightChangeTracker, select_parameters
 
 
@@ -291,7 +295,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few repeats (for the test suite)")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["kernel", "memory", "training", "clustering"])
+    items = ["kernel", "memory", "training", "clustering", "logging", "transformer", "large"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=items)
     parser.add_argument("--profile", action="store_true", help="also profile tracker.step() per model")
     parser.add_argument("--out", default=None, help="also write the Markdown tables to this file")
     args = parser.parse_args()
@@ -316,6 +321,14 @@ def main() -> None:
         parts += [table(bench_training(device, args.smoke, 1 if args.smoke else 5))]
     if "clustering" not in args.skip:
         parts += ["## Clustering, 200 measurements", table(bench_clustering(args.smoke))]
+    if "logging" not in args.skip:
+        parts += ["## Logging one measurement to TensorBoard (151 values)", table(every_step.bench_logging(repeats))]
+    if "transformer" not in args.skip:
+        title, rows = every_step.bench_transformer(device, args.smoke, 1 if args.smoke else 7)
+        parts += [f"## Monitoring every step in Trainer.fit ({title}; {name})", table(rows)]
+    if "large" not in args.skip and device.type == "cuda":
+        title, rows = every_step.bench_large(device, repeats)
+        parts += [f"## One measurement of GPT-2 1.5B ({title}; {name})", table(rows)]
     report = "\n\n".join(parts) + "\n"
     print(report)
     if args.out:

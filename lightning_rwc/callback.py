@@ -6,8 +6,11 @@ attached to the Trainer.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -23,13 +26,17 @@ from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, cluster_prefix
 from lightning_rwc.measure import Norm, ParamSelection, WeightChangeTracker
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.sharding import is_sharded
-from lightning_rwc.measure.tracker import check_settings
+from lightning_rwc.measure.tracker import Measurement, check_settings
+from lightning_rwc.tensorboard import heatmap_image, layer_layout, write_scalars
+from lightning_rwc.validate import check_choice
 from lightning_rwc.warn_once import WarnOnce
 
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
 
 STATE_VERSION = 1
+
+HISTOGRAMS = ("epoch", "measurement")
 
 
 class RelativeWeightChange(Callback):
@@ -49,11 +56,17 @@ class RelativeWeightChange(Callback):
 
     The same keys are put in ``trainer.callback_metrics``, so ``EarlyStopping(monitor="rwc/_all")``,
     ``ModelCheckpoint(monitor=...)`` and learning-rate schedulers can use them (under DDP rank zero then broadcasts
-    its values to the other ranks). With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` it
-    also writes, once per run, a custom-scalars layout with one chart per top-level block, a histogram
-    ``{log_prefix}/distribution`` of the per-layer values at each measurement and, with ``log_heatmap``, an image
-    ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are kept in :attr:`history` and in
-    the callback's checkpoint state, so a resumed run continues its curves.
+    its values to the other ranks). With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` the values of one
+    measurement are written as one event; it also writes, once per run, a custom-scalars layout with one chart per
+    top-level block, a histogram ``{log_prefix}/distribution`` of the per-layer values (see ``log_histogram``) and,
+    with ``log_heatmap``, an image ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are
+    kept in :attr:`history` and in the callback's checkpoint state, so a resumed run continues its curves.
+
+    On CUDA a measurement does not make the host wait for the device: its sums travel to the host behind the
+    measuring kernels and are read at a later batch end, and at the latest at the epoch end, the end of training, a
+    checkpoint or an exception; they are logged at the step they were measured at. Loggers are flushed at most every
+    ``flush_every_s`` seconds, and always at epoch ends, at the end of training and on exceptions (``SIGTERM``
+    included).
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
@@ -73,6 +86,10 @@ class RelativeWeightChange(Callback):
             from one clustering to the next.
         log_heatmap: with TensorBoard, also log the layers x measurements heatmap so far as an image
             ``{log_prefix}/heatmap`` at each epoch end (at most 512 x 1024 pixels, however long the run).
+        log_histogram: with TensorBoard, when to log the histogram of the per-layer values: ``"epoch"`` (of the
+            latest measurement, at each epoch end), ``"measurement"`` (at each measurement) or ``None``.
+        flush_every_s: the longest time, in seconds, a logged measurement may wait in the loggers' buffers before
+            they are flushed (``0`` flushes after every measurement).
 
     Distributed training: with replicated weights (DDP) rank zero measures alone, with no collective; with
     sharded weights (FSDP2: ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) every rank
@@ -104,6 +121,8 @@ class RelativeWeightChange(Callback):
         kernel: Kernel = "auto",
         cluster_every_n_epochs: int | None = None,
         log_heatmap: bool = False,
+        log_histogram: Literal["epoch", "measurement"] | None = "epoch",
+        flush_every_s: float = 10.0,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -119,6 +138,10 @@ class RelativeWeightChange(Callback):
             raise ValueError(f"log_prefix must be a non-empty string without '/', got {log_prefix!r}")
         if snapshot_device not in (None, "cpu"):
             raise ValueError(f"snapshot_device must be None (beside the weights) or 'cpu', got {snapshot_device!r}")
+        if log_histogram is not None:
+            check_choice("log_histogram", log_histogram, HISTOGRAMS)
+        if isinstance(flush_every_s, bool) or not isinstance(flush_every_s, (int, float)) or not flush_every_s >= 0:
+            raise ValueError(f"flush_every_s must be a number of seconds >= 0, got {flush_every_s!r}")
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.norm = norm
@@ -130,12 +153,17 @@ class RelativeWeightChange(Callback):
         self.kernel = kernel
         self.cluster_every_n_epochs = cluster_every_n_epochs
         self.log_heatmap = log_heatmap
+        self.log_histogram = log_histogram
+        self.flush_every_s = float(flush_every_s)
         self.history = RWCHistory()
         self.clusters: ClusterResult | None = None  # the latest live clustering
         self._tracker: WeightChangeTracker | None = None
         self._last_step = -1
         self._current_step = -1
         self._pending_snapshot: dict[str, Any] | None = None
+        self._in_flight: deque[tuple[int, int, Measurement]] = deque()  # (step, epoch, measurement), oldest first
+        self._unlogged: list[tuple[int, dict[str, float]]] = []  # in the history, not yet handed to the loggers
+        self._unflushed_since: float | None = None  # when the oldest value not yet flushed was logged
         self._layout_written: set[int] = set()
         self._share = False  # whether rank zero hands its values to ranks that do not measure
         self._warn = WarnOnce(rank_zero_warn)
@@ -196,23 +224,42 @@ class RelativeWeightChange(Callback):
     ) -> None:
         step = self._current_step = trainer.global_step
         if self.every_n_steps and step > 0 and step != self._last_step and step % self.every_n_steps == 0:
-            self._measure(trainer)
+            self._start(trainer)
+        self._collect(wait=False)
+        self._emit(trainer)
+        self._flush(trainer, force=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._current_step = trainer.global_step
         epoch_due = self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if epoch_due and trainer.global_step != self._last_step:
-            self._measure(trainer)
-        if self.log_heatmap and len(self.history):
-            self._log_heatmap(trainer)
+            self._start(trainer)
+        self._collect(wait=True)
+        self._emit(trainer)
+        if len(self.history) and trainer.is_global_zero:
+            self._write_epoch_images(trainer)
         cluster_due = self.cluster_every_n_epochs and (trainer.current_epoch + 1) % self.cluster_every_n_epochs == 0
         if cluster_due and len(self.history) >= 2:
             self._cluster(trainer)
+        self._flush(trainer, force=True)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collect(wait=True)
+        self._emit(trainer)
+        self._flush(trainer, force=True)
         self._tracker = None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # An interrupted run (an error, Ctrl-C, SIGTERM) keeps every measurement already taken.
+        try:
+            self._collect(wait=True)
+            self._emit(trainer)
+            self._flush(trainer, force=True)
+        except Exception as err:  # the device may be what failed: say so, and let the original exception through
+            self._warn("exception", f"RelativeWeightChange could not save its last measurements: {err}")
 
     @override
     def on_load_checkpoint(
@@ -227,6 +274,7 @@ class RelativeWeightChange(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._collect(wait=True)  # a checkpoint holds every measurement taken; they are logged at the next hook
         state = {"version": STATE_VERSION, "history": self.history.to_dict(), "last_step": self._last_step}
         tracker = self._tracker
         if tracker is not None and self._current_step != self._last_step and not tracker.sharded:
@@ -247,50 +295,83 @@ class RelativeWeightChange(Callback):
         heads = (f"{self.log_prefix}/", f"{cluster_prefix(self.log_prefix)}/")
         return any(isinstance(monitor, str) and monitor.startswith(heads) for monitor in monitors)
 
-    def _measure(self, trainer: pl.Trainer) -> None:
-        values = {} if self._tracker is None else self._tracker.step()
-        if self._share:  # every rank's monitoring callbacks need the values: rank zero measured them
-            values = trainer.strategy.broadcast(values, src=0)
-        step = trainer.global_step
-        self._last_step = step
-        if not values:
+    def _start(self, trainer: pl.Trainer) -> None:
+        """Launch a measurement (this rank's part of it); its values are collected when they have arrived."""
+        self._last_step = trainer.global_step
+        if self._tracker is None and not self._share:
             return
-        self.history.append(step, trainer.current_epoch, values)
-        self._log(trainer, {f"{self.log_prefix}/{name}": value for name, value in values.items()})
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                self._write_tensorboard_extras(logger, values, step)
-                logger.experiment.flush()  # a crash must not lose measurements already taken
-            logger.save()
+        measurement = Measurement.of({}) if self._tracker is None else self._tracker.measure()
+        if self._share:  # every rank's monitoring callbacks need the values: rank zero measured them
+            measurement = Measurement.of(trainer.strategy.broadcast(measurement.values(), src=0))
+        self._in_flight.append((trainer.global_step, trainer.current_epoch, measurement))
 
-    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-        """Hand ``metrics`` to every logger and to ``trainer.callback_metrics`` (for monitoring callbacks)."""
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+    def _collect(self, wait: bool) -> None:
+        """Move measurements whose values have arrived (all of them with ``wait``) into the history, in order."""
+        while self._in_flight and (wait or self._in_flight[0][2].ready()):
+            step, epoch, measurement = self._in_flight.popleft()
+            values = measurement.values()
+            if values:
+                self.history.append(step, epoch, values)
+                self._unlogged.append((step, values))
 
-    def _write_tensorboard_extras(self, logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
+    def _emit(self, trainer: pl.Trainer) -> None:
+        """Hand the collected values to the loggers (at the steps they were measured at) and to callback_metrics."""
+        for step, values in self._unlogged:
+            self._log(trainer, {f"{self.log_prefix}/{name}": value for name, value in values.items()}, step)
+            if self.log_histogram == "measurement" and trainer.is_global_zero:
+                self._write_histogram(trainer, values, step)
+        self._unlogged = []
+
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+        """``metrics`` to ``trainer.callback_metrics`` and to every logger (TensorBoard in one event).
+
+        The loggers come last: TensorBoard's writer thread then encodes the event while training goes on, instead of
+        competing for the interpreter with the rest of this hook.
+        """
+        values = torch.tensor(list(metrics.values())).unbind()  # one tensor, viewed per key: cheaper than one each
+        trainer.callback_metrics.update(zip(metrics, values, strict=True))
+        if self._unflushed_since is None:
+            self._unflushed_since = time.monotonic()
+        for logger in trainer.loggers:
+            tensorboard = isinstance(logger, TensorBoardLogger) and trainer.is_global_zero
+            if tensorboard and id(logger) not in self._layout_written:
+                self._write_layout(logger, metrics)
+            if not (tensorboard and write_scalars(logger.experiment, metrics, step)):
+                logger.log_metrics(metrics, step=step)
+
+    def _flush(self, trainer: pl.Trainer, force: bool) -> None:
+        """Flush every logger if a logged value has waited ``flush_every_s`` (or, with ``force``, at all)."""
+        since = self._unflushed_since
+        if since is None or not (force or time.monotonic() - since >= self.flush_every_s):
+            return
+        for logger in trainer.loggers:
+            logger.save()  # TensorBoard: flushes the event file; CSV: writes the rows
+        self._unflushed_since = None
+
+    def _write_layout(self, logger: TensorBoardLogger, metrics: dict[str, float]) -> None:
+        head = f"{self.log_prefix}/"
+        names = [key[len(head) :] for key in metrics if key.startswith(head) and key != head + ALL_KEY]
+        logger.experiment.add_custom_scalars(layer_layout(names, self.log_prefix))
+        self._layout_written.add(id(logger))
+
+    def _write_histogram(self, trainer: pl.Trainer, values: dict[str, float], step: int) -> None:
         import numpy as np
 
-        from lightning_rwc.tensorboard import layer_layout
+        finite = [value for name, value in values.items() if name != ALL_KEY and math.isfinite(value)]
+        for logger in _tensorboard_loggers(trainer):
+            if finite:
+                logger.experiment.add_histogram(f"{self.log_prefix}/distribution", np.array(finite), global_step=step)
 
-        if id(logger) not in self._layout_written:
-            logger.experiment.add_custom_scalars(layer_layout([n for n in values if n != ALL_KEY], self.log_prefix))
-            self._layout_written.add(id(logger))
-        finite = np.array([v for n, v in values.items() if n != ALL_KEY], dtype=np.float64)
-        finite = finite[np.isfinite(finite)]
-        if finite.size:
-            logger.experiment.add_histogram(f"{self.log_prefix}/distribution", finite, global_step=step)
-
-    def _log_heatmap(self, trainer: pl.Trainer) -> None:
-        from lightning_rwc.tensorboard import heatmap_image
-
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not loggers or not trainer.is_global_zero:
-            return
-        image, tag, step = heatmap_image(self.history.values), f"{self.log_prefix}/heatmap", self.history.steps[-1]
-        for logger in loggers:
-            logger.experiment.add_image(tag, image, global_step=step, dataformats="CHW")
+    def _write_epoch_images(self, trainer: pl.Trainer) -> None:
+        """The epoch-end histogram of the latest measurement and, with ``log_heatmap``, the heatmap so far."""
+        step = self.history.steps[-1]
+        if self.log_histogram == "epoch":
+            values = dict(zip(self.history.layers, self.history.values[:, -1].tolist(), strict=True))
+            self._write_histogram(trainer, values, step)
+        if self.log_heatmap:
+            image = heatmap_image(self.history.values)
+            for logger in _tensorboard_loggers(trainer):
+                logger.experiment.add_image(f"{self.log_prefix}/heatmap", image, global_step=step, dataformats="CHW")
 
     def _cluster(self, trainer: pl.Trainer) -> None:
         from lightning_rwc.clustering import cluster_layers
@@ -305,7 +386,11 @@ class RelativeWeightChange(Callback):
         for summary in result.summaries:
             for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
                 metrics[f"{head}/{summary.cluster_id}/{key}"] = float(curve[-1])
-        self._log(trainer, metrics)
+        self._log(trainer, metrics, trainer.global_step)
+
+
+def _tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:

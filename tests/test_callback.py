@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,6 +314,33 @@ def test_fit_on_gpu_matches_the_reference(tmp_path):
             assert rwc.history.values[i, j] == pytest.approx(expected[step][name], rel=1e-4)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_step_on_gpu_matches_the_reference_without_making_the_host_wait(tmp_path):
+    class NoSync(RelativeWeightChange):
+        def on_train_batch_end(self, *args):
+            torch.cuda.set_sync_debug_mode("error")  # a synchronising call in the hook raises
+            try:
+                super().on_train_batch_end(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    recorder = WeightRecorder()
+    rwc = NoSync(every_n_epochs=None, every_n_steps=1)
+    kwargs = {**fit_kwargs(), "accelerator": "cuda"}
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = Trainer(max_epochs=2, callbacks=[recorder, rwc], logger=logger, **kwargs)
+    trainer.fit(make_tiny_module(), tiny_loader(n=64, batch_size=16))
+    steps = list(range(1, 9))
+    expected = expected_curves(recorder, steps)
+    assert rwc.history.steps == steps
+    scalars, _ = read_scalars(logger.log_dir)
+    for j, step in enumerate(steps):
+        for i, name in enumerate(TRACKED):
+            assert rwc.history.values[i, j] == pytest.approx(expected[step][name], rel=1e-4)
+            assert scalars[f"rwc/{name}"][step] == pytest.approx(expected[step][name], rel=1e-4)
+
+
 def test_old_checkpoint_without_callback_state_warns_and_starts_a_new_baseline(tmp_path):
     kwargs = {**fit_kwargs(), "enable_checkpointing": True}
     first = Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, **kwargs)
@@ -418,25 +446,36 @@ def test_sharding_strategies_without_layer_shapes_are_rejected_at_setup():
 
 
 CRASH_SCRIPT = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {tests!r})
 from conftest import fit_kwargs, make_tiny_module, tiny_loader
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_rwc import RelativeWeightChange
+from lightning_rwc.measure import Measurement
 
-class Kill(Callback):
+WINDOW = 0.5
+if {late}:
+    Measurement.ready = lambda self: False  # as if the device were slow: values are read at epoch end or on exit
+
+class Interrupt(Callback):
     def on_train_batch_end(self, trainer, *args):
-        if trainer.current_epoch == 2 and trainer.global_step == 10:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.global_step == 6:
+            time.sleep(2 * WINDOW)  # the measurements so far are now older than the window
+        if trainer.global_step == 7:
+            os.kill(os.getpid(), signal.{signal})
 
-logger = TensorBoardLogger({out!r}, name="run")
-trainer = Trainer(max_epochs=4, callbacks=[RelativeWeightChange(), Kill()], logger=logger, **fit_kwargs())
-trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
+loggers = [TensorBoardLogger({out!r}, name="run"), CSVLogger({out!r}, name="csv")]
+rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, flush_every_s={flush_every_s})
+trainer = Trainer(max_epochs=4, callbacks=[rwc, Interrupt()], logger=loggers, **fit_kwargs())
+try:
+    trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
+except SystemExit:
+    print("stopped at step", trainer.global_step)
 """
 
 
-def test_measurements_survive_a_sigkill_mid_epoch(tmp_path):
+def run_interrupted(tmp_path, signal: str, flush_every_s: float, late: bool = False):
     import subprocess
     import sys
     from pathlib import Path
@@ -444,12 +483,57 @@ def test_measurements_survive_a_sigkill_mid_epoch(tmp_path):
     from lightning_rwc.history import load_history
 
     script = tmp_path / "crash.py"
-    script.write_text(CRASH_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=300)
+    tests = str(Path(__file__).parent)
+    options = {"signal": signal, "flush_every_s": flush_every_s, "late": late}
+    script.write_text(CRASH_SCRIPT.format(tests=tests, out=str(tmp_path), **options))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    return result, [load_history(tmp_path / name / "version_0") for name in ("run", "csv")]
+
+
+def test_after_a_sigkill_every_measurement_older_than_the_flush_window_is_readable(tmp_path):
+    result, histories = run_interrupted(tmp_path, "SIGKILL", flush_every_s=0.5)
     assert result.returncode == -9
-    history = load_history(tmp_path / "run" / "version_0")
-    assert history.steps == [4, 8]
-    assert history.layers == TRACKED and not np.isnan(history.values).any()
+    for history in histories:  # TensorBoard's event file and the CSV file (which buffers rows until flushed)
+        # Steps 1-6 were measured a second or more before the kill: on disk. Step 7, measured just before, may be.
+        assert history.steps in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7])
+        assert history.layers == TRACKED and not np.isnan(history.values).any()
+
+
+def test_after_a_sigterm_every_measurement_is_readable_also_those_still_on_their_way(tmp_path):
+    result, histories = run_interrupted(tmp_path, "SIGTERM", flush_every_s=3600, late=True)  # no flush by time
+    assert "stopped at step 7" in result.stdout, result.stderr[-2000:]
+    for history in histories:
+        assert history.steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_measurements_read_later_are_logged_at_the_step_they_were_taken(tmp_path, monkeypatch):
+    from lightning_rwc.history import load_history
+    from lightning_rwc.measure import Measurement
+
+    def run(name):
+        torch.manual_seed(0)
+        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1)
+        loggers = [TensorBoardLogger(tmp_path, name=name), CSVLogger(tmp_path, name=name)]
+        Trainer(max_epochs=2, callbacks=[rwc], logger=loggers, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
+        return rwc, load_history(loggers[0].log_dir), load_history(Path(loggers[1].log_dir) / "metrics.csv")
+
+    at_once = run("at_once")
+    polls: dict[int, int] = {}
+    original_ready = Measurement.ready
+
+    def slow(measurement):  # each measurement arrives at the third look, as a slow device's would
+        polls[id(measurement)] = polls.get(id(measurement), 0) + 1
+        return polls[id(measurement)] >= 3 and original_ready(measurement)
+
+    monkeypatch.setattr(Measurement, "ready", slow)
+    later = run("later")
+    assert max(polls.values()) >= 3
+    (rwc_a, *logged_a), (rwc_b, *logged_b) = at_once, later
+    assert rwc_b.history.steps == rwc_a.history.steps == list(range(1, 17))
+    np.testing.assert_array_equal(rwc_b.history.values, rwc_a.history.values)
+    for history in (*logged_a, *logged_b):  # TensorBoard and CSV, read back by their readers
+        assert history.steps == rwc_a.history.steps
+        np.testing.assert_allclose(history.values, rwc_a.history.values, rtol=1e-6)
 
 
 @pytest.mark.gpu

@@ -145,4 +145,3 @@ def test_heatmap_of_a_long_run_is_bounded_and_bins_are_means_of_logarithms():
     # 4 measurements into 2 bins of 2: the bins hold the mean of log10, so (1e-1, 1e-3) reads like 1e-2
     small = heatmap_image(np.array([[1e-1, 1e-3, 1e-2, 1e-2], [1e-4, 1e-4, 1.0, np.nan]]), cell=1, max_pixels=(8, 2))
     assert small.tolist() == [[[128, 128], [1, 255]]]
-

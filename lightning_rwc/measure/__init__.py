@@ -15,10 +15,11 @@ module                 its job
 
 from lightning_rwc.measure.functional import NORMS, Norm, relative_weight_change
 from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, select_parameters
-from lightning_rwc.measure.tracker import WeightChangeTracker
+from lightning_rwc.measure.tracker import Measurement, WeightChangeTracker
 
 __all__ = [
     "NORMS",
+    "Measurement",
     "PARAM_SELECTIONS",
     "Norm",
     "ParamSelection",

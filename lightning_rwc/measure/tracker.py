@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +144,22 @@ class WeightChangeTracker:
             Parameters that appeared (or were replaced, unfrozen or given another shape) since the last call get
             their baseline now and no value yet.
         """
+        return self.measure().values()
+
+    def measure(self) -> Measurement:
+        """Like :meth:`step`, without waiting for the device: the values are read from the returned measurement.
+
+        On CUDA the sums of all layers are copied to pinned host memory behind the measuring kernels, and the host
+        goes on at once; :meth:`Measurement.ready` tells without waiting whether they have arrived. Elsewhere, and
+        for sharded parameters (whose ranks must agree on what they measure), the measurement is complete on return.
+
+        Example::
+
+            >>> tracker = WeightChangeTracker(torch.nn.Linear(3, 2))
+            >>> pending = tracker.measure()
+            >>> pending.ready(), pending.values()
+            (True, {'weight': 0.0, '_all': 0.0})
+        """
         names, params = list(self._params), list(self._params.values())
         restarted = self._follow_storage(names, params)
         sums = self._measure() if params else None
@@ -155,21 +171,21 @@ class WeightChangeTracker:
         else:
             now = self._params if selection is None else selection
             measured = [i not in restarted and now.get(names[i]) is param for i, param in enumerate(params)]
+        arrival = None
         if self.sharded:
             table = reduce_measurement(sums, measured, self._replicas, selection is not None, self._device)
-            sums, measured, changed = read_measurement(to_host(table))
+            sums, measured, changed = read_measurement(wait(*to_host(table)))
             if changed:  # on some rank: every rank selects again, and they keep what all of them select
                 self._track(agree(self._select(), self._warn))
         else:
-            sums = None if sums is None else to_host(sums)
+            if sums is not None:
+                sums, arrival = to_host(sums)
             if selection is not None:
                 self._track(selection)
         if sums is None or not any(measured):
-            return {}
-        if not all(measured):
-            kept = [i for i, ok in enumerate(measured) if ok]
-            sums, names = sums[:, kept], [names[i] for i in kept]
-        return self._values(names, sums)
+            return Measurement([], None, None, self._values)
+        kept = None if all(measured) else [i for i, ok in enumerate(measured) if ok]
+        return Measurement(names if kept is None else [names[i] for i in kept], sums, arrival, self._values, kept)
 
     def snapshot_state(self) -> dict[str, Tensor]:
         """A host copy of the baseline of each tracked tensor (this rank's shard, for sharded parameters)."""
@@ -302,6 +318,60 @@ def check_settings(
     return compile_patterns(include, "include"), compile_patterns(exclude, "exclude")
 
 
+class Measurement:
+    """One measurement on its way to the host (see :meth:`WeightChangeTracker.measure`).
+
+    Args:
+        names: the names of the measured columns of ``sums``.
+        sums: the ``(2, k)`` float64 sums on the host (still arriving while ``arrival`` has not happened).
+        arrival: a CUDA event recorded after the copy of ``sums``, or ``None`` if they are there already.
+        finish: turns names and host sums into values (the tracker's, with its warnings).
+        columns: the columns of ``sums`` that belong to ``names``; ``None`` for all of them.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        sums: Tensor | None,
+        arrival: torch.cuda.Event | None,
+        finish: Callable[[list[str], Tensor], dict[str, float]],
+        columns: list[int] | None = None,
+    ) -> None:
+        self._names, self._sums, self._arrival, self._finish, self._columns = names, sums, arrival, finish, columns
+        self._values: dict[str, float] | None = None
+
+    @classmethod
+    def of(cls, values: dict[str, float]) -> Measurement:
+        """A measurement whose values are known already (as another rank measured them, for example).
+
+        Example::
+
+            >>> Measurement.of({"fc.weight": 0.5, "_all": 0.5}).values()
+            {'fc.weight': 0.5, '_all': 0.5}
+        """
+        measurement = cls([], None, None, lambda names, sums: {})
+        measurement._values = values
+        return measurement
+
+    def ready(self) -> bool:
+        """Whether the sums have reached the host (:meth:`values` will not wait)."""
+        return self._arrival is None or self._arrival.query()
+
+    def values(self) -> dict[str, float]:
+        """``{parameter name: RWC}`` plus ``"_all"``, as :meth:`WeightChangeTracker.step` returns them.
+
+        Waits for the device if the sums have not arrived yet.
+        """
+        if self._values is None:
+            if self._sums is None:
+                self._values = {}
+            else:
+                sums = wait(self._sums, self._arrival)
+                self._values = self._finish(self._names, sums if self._columns is None else sums[:, self._columns])
+            self._sums = self._arrival = None
+        return self._values
+
+
 @dataclass
 class _Group:
     """The tracked tensors of one device and dtype (their positions in tracked order) and the backend measuring them."""
@@ -310,15 +380,32 @@ class _Group:
     backend: Backend
 
 
-def to_host(table: Tensor) -> Tensor:
-    """The single device-to-host transfer of a measurement: every sum at once (float64, on the CPU).
+def to_host(table: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    """The single device-to-host transfer of a measurement: every sum at once.
+
+    From CUDA the copy goes to pinned host memory without waiting for the device, and the returned event marks its
+    arrival; from elsewhere it is an ordinary copy (no event).
 
     Example::
 
-        >>> to_host(torch.tensor([[1.0, 2.0], [4.0, 8.0]])).tolist()
-        [[1.0, 2.0], [4.0, 8.0]]
+        >>> host, arrival = to_host(torch.tensor([[1.0, 2.0], [4.0, 8.0]]))
+        >>> host.tolist(), arrival
+        ([[1.0, 2.0], [4.0, 8.0]], None)
     """
-    return table.cpu()
+    if table.device.type != "cuda":
+        return table.cpu(), None
+    host = torch.empty(table.shape, dtype=table.dtype, pin_memory=True)
+    host.copy_(table, non_blocking=True)
+    arrival = torch.cuda.Event()
+    arrival.record(torch.cuda.current_stream(table.device))
+    return host, arrival
+
+
+def wait(host: Tensor, arrival: torch.cuda.Event | None) -> Tensor:
+    """``host`` once the transfer that fills it (see :func:`to_host`) has arrived (waiting only if it has not)."""
+    if arrival is not None and not arrival.query():
+        arrival.synchronize()
+    return host
 
 
 def _data_pointers(params: list[Tensor], sharded: bool) -> list[int]:

@@ -547,3 +547,27 @@ def test_wrapped_models_give_the_same_names_and_values_as_the_plain_one(wrap):
         perturb(model, 1, 0.01)
     values = [tracker.step() for tracker in trackers]
     assert values[1]["middle.weight"] == values[0]["middle.weight"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("snapshot_device", [None, "cpu"])
+def test_on_gpu_a_measurement_leaves_the_host_free_until_its_values_are_read(snapshot_device, monkeypatch):
+    from lightning_rwc.measure.backends import host
+
+    monkeypatch.setattr(host, "CHUNK", 1 << 16)  # ResNet-18's larger layers move in several pieces
+    model = torchvision.models.resnet18().cuda()
+    tracker = WeightChangeTracker(model, snapshot_device=snapshot_device)
+    for seed in (1, 2):  # warm-up: compilation, the CUDA graph, pinned host buffers
+        perturb_on_gpu(model, seed)
+        tracker.step()
+    before = weights(model, tracker.names)
+    perturb_on_gpu(model, 3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any call that makes the host wait for the device raises
+    try:
+        pending = tracker.measure()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = reference_rwc(before, weights(model, tracker.names), "l1")
+    assert pending.values() == pytest.approx(expected, rel=1e-4)
