@@ -80,12 +80,14 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(size.context, size.width)
         self.h = nn.ModuleList(Block(size) for _ in range(size.layers))
         self.ln_f = nn.LayerNorm(size.width)
+        self.lm_head = nn.Linear(size.width, size.vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.h:
             x = block(x)
-        return self.ln_f(x) @ self.wte.weight.t()
+        return self.lm_head(self.ln_f(x))
 
 
 def language_model(size: Size, fused: bool) -> Any:

@@ -12,7 +12,9 @@ Every ratio is measured side by side in one process:
 5. the time and peak memory of clustering 100 to 10,000 layers x 200 measurements;
 6. monitoring every step (:mod:`benchmarks.every_step`): logging one measurement to TensorBoard, a GPT-style model
    trained with no monitoring, the bare tracker and the callback, and on CUDA GPT-2 1.5B's weights against the copy
-   and PCIe bounds.
+   and PCIe bounds;
+7. long runs (:mod:`benchmarks.long_runs`): the callback's memory and checkpoint after 100,000 measurements of
+   1,000 tensors, and clustering from its bounded history against the full one.
 
 With ``--profile`` the report also holds, per model, the operations that take the most time in ``tracker.step()``
 (PyTorch's profiler; device time on CUDA), to say which one dominates when a target is missed.
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import every_step
+from benchmarks import every_step, long_runs
 from lightning_rwc.measure import WeightChangeTracker, select_parameters
 
 
@@ -295,7 +297,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few repeats (for the test suite)")
     parser.add_argument("--repeats", type=int, default=None)
-    items = ["kernel", "memory", "training", "clustering", "logging", "transformer", "large"]
+    items = ["kernel", "memory", "training", "clustering", "logging", "transformer", "large", "history"]
     parser.add_argument("--skip", nargs="*", default=[], choices=items)
     parser.add_argument("--profile", action="store_true", help="also profile tracker.step() per model")
     parser.add_argument("--out", default=None, help="also write the Markdown tables to this file")
@@ -326,6 +328,12 @@ def main() -> None:
     if "transformer" not in args.skip:
         title, rows = every_step.bench_transformer(device, args.smoke, 1 if args.smoke else 7)
         parts += [f"## Monitoring every step in Trainer.fit ({title}; {name})", table(rows)]
+    if "history" not in args.skip:
+        parts += ["## Long runs: the callback's memory and checkpoint", table(long_runs.bench_history(args.smoke))]
+        parts += [
+            "## Long runs: clustering from the bounded history",
+            table(long_runs.bench_bounded_clustering(args.smoke)),
+        ]
     if "large" not in args.skip and device.type == "cuda":
         title, rows = every_step.bench_large(device, repeats)
         parts += [f"## One measurement of GPT-2 1.5B ({title}; {name})", table(rows)]

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockFreezer",
     "ClusterResult",
+    "LayerFreezer",
     "RWCHistory",
     "RelativeWeightChange",
     "WeightChangeTracker",
@@ -23,7 +25,9 @@ __all__ = [
 ]
 
 _SOURCES = {
+    "BlockFreezer": "lightning_rwc.freezing",
     "ClusterResult": "lightning_rwc.clustering",
+    "LayerFreezer": "lightning_rwc.layer_freezer",
     "RWCHistory": "lightning_rwc.history",
     "RelativeWeightChange": "lightning_rwc.callback",
     "WeightChangeTracker": "lightning_rwc.measure",
@@ -36,7 +40,9 @@ _SOURCES = {
 if TYPE_CHECKING:
     from lightning_rwc.callback import RelativeWeightChange
     from lightning_rwc.clustering import ClusterResult, cluster_layers
+    from lightning_rwc.freezing import BlockFreezer
     from lightning_rwc.history import RWCHistory, load_history
+    from lightning_rwc.layer_freezer import LayerFreezer
     from lightning_rwc.measure import WeightChangeTracker, relative_weight_change
     from lightning_rwc.tensorboard import write_cluster_run
 

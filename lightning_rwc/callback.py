@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
@@ -21,8 +21,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from lightning_rwc.decide.health import HealthCheck
 from lightning_rwc.history import RWCHistory
-from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, cluster_prefix
+from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, cluster_prefix, health_prefix
 from lightning_rwc.measure import Norm, ParamSelection, WeightChangeTracker
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.sharding import is_sharded
@@ -34,9 +35,11 @@ from lightning_rwc.warn_once import WarnOnce
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the history as RWCHistory.state() (tensors); 1: as RWCHistory.to_dict() (lists)
 
 HISTOGRAMS = ("epoch", "measurement")
+
+Listener = Callable[[pl.Trainer, int, Measurement], None]
 
 
 class RelativeWeightChange(Callback):
@@ -53,6 +56,8 @@ class RelativeWeightChange(Callback):
     - ``{log_prefix}/_all``: the RWC of all tracked weights taken as one vector.
     - ``{log_prefix}_cluster/{id}/{mean,lower,upper}``: with ``cluster_every_n_epochs``, the latest value of each
       live cluster's mean and quartiles.
+    - ``{log_prefix}_health/dead_layers`` and ``{log_prefix}_health/runaway_layers``: with ``check_health``, how
+      many layers are flagged at each measurement.
 
     The same keys are put in ``trainer.callback_metrics``, so ``EarlyStopping(monitor="rwc/_all")``,
     ``ModelCheckpoint(monitor=...)`` and learning-rate schedulers can use them (under DDP rank zero then broadcasts
@@ -90,6 +95,12 @@ class RelativeWeightChange(Callback):
             latest measurement, at each epoch end), ``"measurement"`` (at each measurement) or ``None``.
         flush_every_s: the longest time, in seconds, a logged measurement may wait in the loggers' buffers before
             they are flushed (``0`` flushes after every measurement).
+        history_capacity: the most measurements :attr:`history` keeps (and the checkpoint stores), evenly spread
+            over the run however long it is (see :class:`~lightning_rwc.history.RWCHistory`); ``None`` keeps all.
+            The loggers receive every measurement.
+        check_health: flag dead layers (not changing at all while the rest does: often a parameter missing from the
+            optimizer) and runaway ones (changing 30x more than the median layer), each with one warning, and log
+            how many there are (see :class:`~lightning_rwc.decide.HealthCheck`).
 
     Distributed training: with replicated weights (DDP) rank zero measures alone, with no collective; with
     sharded weights (FSDP2: ``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) every rank
@@ -123,6 +134,8 @@ class RelativeWeightChange(Callback):
         log_heatmap: bool = False,
         log_histogram: Literal["epoch", "measurement"] | None = "epoch",
         flush_every_s: float = 10.0,
+        check_health: bool = True,
+        history_capacity: int | None = 200,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -155,17 +168,22 @@ class RelativeWeightChange(Callback):
         self.log_heatmap = log_heatmap
         self.log_histogram = log_histogram
         self.flush_every_s = float(flush_every_s)
-        self.history = RWCHistory()
+        self.history_capacity = history_capacity
+        self.history = RWCHistory(capacity=history_capacity)
+        self._latest: dict[str, float] = {}  # the values of the latest measurement (the history may not hold it)
+        self._latest_step = -1
         self.clusters: ClusterResult | None = None  # the latest live clustering
         self._tracker: WeightChangeTracker | None = None
         self._last_step = -1
         self._current_step = -1
         self._pending_snapshot: dict[str, Any] | None = None
         self._in_flight: deque[tuple[int, int, Measurement]] = deque()  # (step, epoch, measurement), oldest first
-        self._unlogged: list[tuple[int, dict[str, float]]] = []  # in the history, not yet handed to the loggers
+        self._unlogged: list[tuple[int, Measurement]] = []  # in the history, not yet handed to loggers and listeners
         self._unflushed_since: float | None = None  # when the oldest value not yet flushed was logged
         self._layout_written: set[int] = set()
         self._share = False  # whether rank zero hands its values to ranks that do not measure
+        self._listeners: list[Listener] = []
+        self._health = HealthCheck() if check_health else None
         self._warn = WarnOnce(rank_zero_warn)
 
     @property
@@ -202,7 +220,7 @@ class RelativeWeightChange(Callback):
         # Replicated weights (single device, DDP) are measured on rank zero alone, with no collective; sharded
         # (FSDP2) weights on every rank, each reducing its own shard, with one all-reduce per measurement.
         sharded = any(is_sharded(p) for p in pl_module.parameters())
-        self._share = trainer.world_size > 1 and not sharded and self._monitored(trainer)
+        self._share = trainer.world_size > 1 and not sharded and (self._monitored(trainer) or bool(self._listeners))
         if self._tracker is None and (trainer.is_global_zero or sharded):
             self._tracker = WeightChangeTracker(
                 pl_module,
@@ -237,7 +255,7 @@ class RelativeWeightChange(Callback):
             self._start(trainer)
         self._collect(wait=True)
         self._emit(trainer)
-        if len(self.history) and trainer.is_global_zero:
+        if self._latest and trainer.is_global_zero:
             self._write_epoch_images(trainer)
         cluster_due = self.cluster_every_n_epochs and (trainer.current_epoch + 1) % self.cluster_every_n_epochs == 0
         if cluster_due and len(self.history) >= 2:
@@ -275,18 +293,63 @@ class RelativeWeightChange(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         self._collect(wait=True)  # a checkpoint holds every measurement taken; they are logged at the next hook
-        state = {"version": STATE_VERSION, "history": self.history.to_dict(), "last_step": self._last_step}
+        state = {"version": STATE_VERSION, "history": self.history.state(), "last_step": self._last_step}
         tracker = self._tracker
         if tracker is not None and self._current_step != self._last_step and not tracker.sharded:
             # Saved between two measurements: the baseline is not the checkpoint's weights, so keep it.
             state["snapshot"] = tracker.snapshot_state()
+        if self._unlogged:  # in the history, but not yet handed to the loggers and listeners: they get them on resume
+            state["unlogged"] = [
+                {"step": step, "values": m.values(), "names": m.sums()[0], "sums": m.sums()[1]}
+                for step, m in self._unlogged
+            ]
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = RWCHistory.from_dict(state_dict.get("history", {}))
+        history = state_dict.get("history", {})
+        if state_dict.get("version", 1) == 1:
+            self.history = RWCHistory.from_dict(history)
+            self.history.capacity = self.history_capacity
+        else:
+            self.history = RWCHistory.from_state(history)
         self._last_step = state_dict.get("last_step", -1)
         self._pending_snapshot = state_dict.get("snapshot")
+        self._unlogged = [
+            (entry["step"], Measurement.of(entry["values"], entry["names"], entry["sums"]))
+            for entry in state_dict.get("unlogged", [])
+        ]
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(trainer, step, measurement)`` for every measurement, in order, once its values are known.
+
+        The measurement (:class:`~lightning_rwc.measure.Measurement`) holds the values and the per-tensor sums;
+        ``step`` is the global step it was taken at. Under DDP rank zero's measurement reaches every rank, so that
+        all of them see the same values. This is how :class:`~lightning_rwc.LayerFreezer` reuses the measurements.
+        """
+        self._listeners.append(listener)
+
+    def _check_health(self, values: dict[str, float]) -> dict[str, float]:
+        """Warn once about each layer newly found dead or running away; the numbers of both, as scalars."""
+        dead, runaway = self._health.update(values)
+        for layer in dead:
+            self._warn(
+                ("dead", layer),
+                f"Layer {layer!r} did not change at all while the rest of the network did: is it missing from the "
+                "optimizer, or is its learning rate 0?",
+            )
+        for layer in runaway:
+            factor = self._health.factor
+            self._warn(
+                ("runaway", layer),
+                f"Layer {layer!r} changes over {factor:g}x as much as the median layer: check its learning rate and "
+                "initialisation (its RWC curve shows how far it runs away).",
+            )
+        head = health_prefix(self.log_prefix)
+        return {
+            f"{head}/dead_layers": float(len(self._health.dead)),
+            f"{head}/runaway_layers": float(len(self._health.runaway)),
+        }
 
     def _monitored(self, trainer: pl.Trainer) -> bool:
         """Whether a callback or learning-rate scheduler monitors a key this callback logs."""
@@ -301,8 +364,9 @@ class RelativeWeightChange(Callback):
         if self._tracker is None and not self._share:
             return
         measurement = Measurement.of({}) if self._tracker is None else self._tracker.measure()
-        if self._share:  # every rank's monitoring callbacks need the values: rank zero measured them
-            measurement = Measurement.of(trainer.strategy.broadcast(measurement.values(), src=0))
+        if self._share:  # every rank's monitors and listeners need the values: rank zero measured them
+            shared = trainer.strategy.broadcast((measurement.values(), *measurement.sums()), src=0)
+            measurement = Measurement.of(*shared)
         self._in_flight.append((trainer.global_step, trainer.current_epoch, measurement))
 
     def _collect(self, wait: bool) -> None:
@@ -312,15 +376,22 @@ class RelativeWeightChange(Callback):
             values = measurement.values()
             if values:
                 self.history.append(step, epoch, values)
-                self._unlogged.append((step, values))
+                self._unlogged.append((step, measurement))
+                self._latest, self._latest_step = values, step
 
     def _emit(self, trainer: pl.Trainer) -> None:
-        """Hand the collected values to the loggers (at the steps they were measured at) and to callback_metrics."""
-        for step, values in self._unlogged:
-            self._log(trainer, {f"{self.log_prefix}/{name}": value for name, value in values.items()}, step)
+        """Hand the collected measurements on, in order: loggers (at their steps), health check, listeners."""
+        unlogged, self._unlogged = self._unlogged, []
+        for step, measurement in unlogged:
+            values = measurement.values()
+            metrics = {f"{self.log_prefix}/{name}": value for name, value in values.items()}
+            if self._health is not None:
+                metrics.update(self._check_health(values))
+            self._log(trainer, metrics, step)
             if self.log_histogram == "measurement" and trainer.is_global_zero:
                 self._write_histogram(trainer, values, step)
-        self._unlogged = []
+            for listener in self._listeners:
+                listener(trainer, step, measurement)
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
         """``metrics`` to ``trainer.callback_metrics`` and to every logger (TensorBoard in one event).
@@ -364,10 +435,9 @@ class RelativeWeightChange(Callback):
 
     def _write_epoch_images(self, trainer: pl.Trainer) -> None:
         """The epoch-end histogram of the latest measurement and, with ``log_heatmap``, the heatmap so far."""
-        step = self.history.steps[-1]
+        step = self._latest_step
         if self.log_histogram == "epoch":
-            values = dict(zip(self.history.layers, self.history.values[:, -1].tolist(), strict=True))
-            self._write_histogram(trainer, values, step)
+            self._write_histogram(trainer, self._latest, step)
         if self.log_heatmap:
             image = heatmap_image(self.history.values)
             for logger in _tensorboard_loggers(trainer):

@@ -31,6 +31,14 @@ class RWCHistory:
     later, or the source skipped it) holds ``nan`` there. ``total`` is the ``"_all"`` series (all tracked weights as
     one vector), ``nan`` where unknown.
 
+    With a ``capacity`` the history stays that small however long the run, evenly spread over it: when it is full,
+    every second measurement it holds is dropped, and from then on it keeps every second measurement appended
+    (every fourth after the next time, and so on). The values it keeps are the measurements as they were; the
+    loggers hold every one (:func:`load_history`).
+
+    Args:
+        capacity: the most measurements kept (at least 2); ``None`` keeps all.
+
     Example::
 
         >>> history = RWCHistory()
@@ -42,7 +50,14 @@ class RWCHistory:
         [[0.5, 0.25], [nan, 0.1]]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2):
+            raise ValueError(f"capacity must be None or a whole number of measurements >= 2, got {capacity!r}")
+        self.capacity = capacity
+        self.stride = 1
+        """Every how many appended measurements one is kept (doubles each time a bounded history is full)."""
+        self.appended = 0
+        """Measurements appended so far, kept or not."""
         self._layers: dict[str, int] = {}
         self._steps: list[int] = []
         self._epochs: list[int] = []
@@ -85,10 +100,16 @@ class RWCHistory:
         return len(self._steps)
 
     def append(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
-        """Add one measurement: ``{layer: RWC}``, optionally with ``"_all"``; new layers are added as rows."""
+        """Add one measurement: ``{layer: RWC}``, optionally with ``"_all"``; new layers are added as rows.
+
+        A bounded history keeps it only if it falls on its stride (see the class description).
+        """
         for name in values:
             if name != ALL_KEY and name not in self._layers:
                 self._layers[name] = len(self._layers)
+        self.appended += 1
+        if (self.appended - 1) % self.stride:
+            return
         column = np.full(len(self._layers), np.nan)
         for name, value in values.items():
             if name != ALL_KEY:
@@ -97,6 +118,15 @@ class RWCHistory:
         self._epochs.append(int(epoch))
         self._columns.append(column)
         self._total.append(float(values.get(ALL_KEY, math.nan)))
+        self._matrix = None
+        if self.capacity is not None and len(self._steps) > self.capacity:
+            self._keep(slice(None, None, 2))
+            self.stride *= 2
+
+    def _keep(self, which: slice) -> None:
+        """Keep only the measurements ``which`` selects."""
+        self._steps, self._epochs = self._steps[which], self._epochs[which]
+        self._columns, self._total = self._columns[which], self._total[which]
         self._matrix = None
 
     def curve(self, layer: str) -> np.ndarray:
@@ -128,6 +158,7 @@ class RWCHistory:
         if len(epochs) != len(steps) or len(total) != len(steps):
             raise ValueError(f"epochs and total need one entry per measurement ({len(steps)})")
         history = cls()
+        history.appended = len(steps)
         history._layers = {name: i for i, name in enumerate(layers)}
         history._steps, history._epochs, history._total = steps, epochs, total
         history._columns = [values[:, j].copy() for j in range(len(steps))]
@@ -157,6 +188,44 @@ class RWCHistory:
         ).reshape(len(layers), len(data.get("steps", [])))
         total = [math.nan if v is None else v for v in data.get("total", [])] or None
         return cls.from_arrays(layers, data.get("steps", []), values, data.get("epochs"), total)
+
+    def state(self) -> dict[str, Any]:
+        """Everything the history holds, compact (tensors, no lists of floats): what a checkpoint stores.
+
+        Example::
+
+            >>> history = RWCHistory(capacity=4)
+            >>> for step in range(1, 8):
+            ...     history.append(step, 0, {"fc.weight": step / 10, "_all": step / 10})
+            >>> RWCHistory.from_state(history.state()).steps, history.stride
+            ([1, 3, 5, 7], 2)
+        """
+        import torch
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "layers": self.layers,
+            "steps": torch.tensor(self._steps, dtype=torch.int64),
+            "epochs": torch.tensor(self._epochs, dtype=torch.int64),
+            "values": torch.from_numpy(self.values.copy()),
+            "total": torch.tensor(self._total, dtype=torch.float64),
+            "capacity": self.capacity,
+            "stride": self.stride,
+            "appended": self.appended,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RWCHistory:
+        """Inverse of :meth:`state`."""
+        layers, steps = list(state.get("layers", [])), [int(s) for s in state.get("steps", [])]
+        values = np.asarray(state.get("values", np.zeros((0, 0))), dtype=np.float64).reshape(len(layers), len(steps))
+        epochs = [int(e) for e in state.get("epochs", [])] or None
+        total = [float(t) for t in state.get("total", [])] or None
+        history = cls.from_arrays(layers, steps, values, epochs, total)
+        history.capacity = state.get("capacity")
+        history.stride = int(state.get("stride", 1))
+        history.appended = int(state.get("appended", len(steps)))
+        return history
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as strict JSON, atomically (a reader never sees a half-written file)."""

@@ -22,3 +22,25 @@ def cluster_prefix(prefix: str = DEFAULT_PREFIX) -> str:
         ('rwc_cluster', 'weights_cluster')
     """
     return f"{prefix}_cluster"
+
+
+def health_prefix(prefix: str = DEFAULT_PREFIX) -> str:
+    """Prefix of the layer-health tags of a run logged under ``prefix``: ``<prefix>_health/dead_layers``, ...
+
+    Example::
+
+        >>> health_prefix()
+        'rwc_health'
+    """
+    return f"{prefix}_health"
+
+
+def freeze_prefix(prefix: str = DEFAULT_PREFIX) -> str:
+    """Prefix of the freezer's tags of a run logged under ``prefix``: ``<prefix>_freeze/frozen_blocks``, ...
+
+    Example::
+
+        >>> freeze_prefix()
+        'rwc_freeze'
+    """
+    return f"{prefix}_freeze"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lightning_rwc.blocks import find_blocks
 from lightning_rwc.keys import ALL_KEY, CLUSTER_RUN_DIR, DEFAULT_PREFIX, cluster_prefix
 
 if TYPE_CHECKING:
@@ -34,32 +35,13 @@ def tag_pattern(tag: str) -> str:
     return re.escape(tag) + "$"
 
 
-def layer_groups(names: Sequence[str]) -> dict[str, list[str]]:
-    """Group parameter names by top-level block, after the dotted prefix that all names share.
-
-    Example::
-
-        >>> layer_groups(["model.conv1.weight", "model.layer1.0.conv1.weight", "model.layer1.1.conv1.weight"])
-        {'conv1': ['model.conv1.weight'], 'layer1': ['model.layer1.0.conv1.weight', 'model.layer1.1.conv1.weight']}
-    """
-    parts = [name.split(".") for name in names]
-    shared = 0
-    if len(parts) > 1:
-        while all(len(p) > shared + 1 and p[shared] == parts[0][shared] for p in parts):
-            shared += 1
-    groups: dict[str, list[str]] = {}
-    for name, split in zip(names, parts, strict=True):
-        groups.setdefault(split[min(shared, len(split) - 1)], []).append(name)
-    return groups
-
-
 Layout = dict[str, dict[str, list]]
 """A custom-scalars layout as ``SummaryWriter.add_custom_scalars`` takes it:
 ``{category: {chart title: ["Multiline", [tag regexes]] or ["Margin", [value, lower, upper]]}}``."""
 
 
 def layer_layout(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Layout:
-    r"""The custom-scalars layout of the callback: one chart per top-level block, plus the ``_all`` curve.
+    r"""The custom-scalars layout of the callback: one chart per block (:mod:`lightning_rwc.blocks`), and ``_all``.
 
     Example::
 
@@ -71,8 +53,8 @@ def layer_layout(names: Sequence[str], prefix: str = DEFAULT_PREFIX) -> Layout:
         ['Multiline', ['rwc/layer1\\.0\\.conv1\\.weight$']]
     """
     charts: dict[str, list] = {f"all layers ({ALL_KEY})": ["Multiline", [tag_pattern(f"{prefix}/{ALL_KEY}")]]}
-    for group, members in layer_groups(names).items():
-        charts[group] = ["Multiline", [tag_pattern(f"{prefix}/{name}") for name in members]]
+    for block, members in find_blocks(names).members(names).items():
+        charts[block] = ["Multiline", [tag_pattern(f"{prefix}/{name}") for name in members]]
     charts["live cluster means"] = ["Multiline", [re.escape(f"{cluster_prefix(prefix)}/") + r"\d+/mean$"]]
     return {f"relative weight change ({prefix})": charts}
 

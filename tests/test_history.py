@@ -128,3 +128,30 @@ def test_find_runs_skips_hidden_and_excluded_directories(tmp_path):
 def test_total_defaults_to_nan_when_unknown():
     history = RWCHistory.from_arrays(["a"], [1], np.ones((1, 1)))
     assert math.isnan(history.total[0]) and history.epochs == [-1]
+
+
+def test_a_bounded_history_keeps_measurements_evenly_spread_over_the_run():
+    history = RWCHistory(capacity=8)
+    for step in range(1, 101):
+        history.append(step, step // 10, {"a.weight": step / 100, "_all": step / 1000})
+    assert len(history) <= 8 and history.appended == 100
+    steps = history.steps
+    assert steps[0] == 1 and len({b - a for a, b in zip(steps, steps[1:], strict=False)}) == 1  # evenly spaced
+    assert history.values[0].tolist() == [step / 100 for step in steps]  # the measurements as they were
+    assert history.total.tolist() == [step / 1000 for step in steps]
+
+
+def test_a_bounded_history_continues_exactly_from_its_state():
+    straight, first = RWCHistory(capacity=6), RWCHistory(capacity=6)
+    rows = [(step, {"a": step * 1.0, "b": -step * 1.0}) for step in range(1, 40)]
+    for step, row in rows:
+        straight.append(step, 0, row)
+    for step, row in rows[:17]:
+        first.append(step, 0, row)
+    resumed = RWCHistory.from_state(first.state())
+    for step, row in rows[17:]:
+        resumed.append(step, 0, row)
+    assert resumed.steps == straight.steps and resumed.layers == straight.layers
+    np.testing.assert_array_equal(resumed.values, straight.values)
+    with pytest.raises(ValueError, match="capacity must be None or a whole number of measurements >= 2, got 1"):
+        RWCHistory(capacity=1)

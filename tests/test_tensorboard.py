@@ -19,7 +19,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_rwc.clustering import cluster_layers
 from lightning_rwc.history import RWCHistory
-from lightning_rwc.tensorboard import layer_groups, tag_pattern, write_cluster_run
+from lightning_rwc.tensorboard import layer_layout, tag_pattern, write_cluster_run
 
 
 def read_run(path):
@@ -76,13 +76,23 @@ def test_tag_patterns_escape_regex_characters():
     assert not re.match(tag_pattern("rwc/a.b"), "rwc/aXb")
 
 
-def test_layer_groups_follow_top_level_blocks():
-    assert layer_groups(["embed.weight", "blocks.0.w", "blocks.1.w", "head"]) == {
-        "embed": ["embed.weight"],
-        "blocks": ["blocks.0.w", "blocks.1.w"],
-        "head": ["head"],
-    }
-    assert layer_groups(["only.weight"]) == {"only": ["only.weight"]}
+def test_the_layout_has_one_chart_per_block():
+    names = ["embed.weight", *(f"blocks.{i}.{part}.weight" for i in range(3) for part in ("attn", "mlp")), "head"]
+    charts = layer_layout(names)["relative weight change (rwc)"]
+    assert list(charts) == [
+        "all layers (_all)",
+        "embed",
+        "blocks.0",
+        "blocks.1",
+        "blocks.2",
+        "head",
+        "live cluster means",
+    ]
+    assert charts["blocks.1"] == [
+        "Multiline",
+        [tag_pattern("rwc/blocks.1.attn.weight"), tag_pattern("rwc/blocks.1.mlp.weight")],
+    ]
+    assert list(layer_layout(["only.weight"])["relative weight change (rwc)"])[1] == "only"
 
 
 def _free_port() -> int:

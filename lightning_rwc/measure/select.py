@@ -9,7 +9,7 @@ network gives the same curves wrapped or not; filters (``include`` / ``exclude``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 from torch import nn
@@ -70,6 +70,20 @@ def user_name(name: str, parallel: Iterable[str] = ()) -> str:
     return ".".join(part for part in name.split(".") if part not in WRAPPER_ATTRIBUTES)
 
 
+def named_parameters(model: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """``(user name, raw name, parameter)`` for ``model.named_parameters(remove_duplicate=...)``.
+
+    Example::
+
+        >>> [(name, raw) for name, raw, _ in named_parameters(nn.DataParallel(nn.Linear(2, 2)))]
+        [('weight', 'module.weight'), ('bias', 'module.bias')]
+    """
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    parallel = [name for name, module in model.named_modules() if isinstance(module, wrappers)]
+    for raw, param in model.named_parameters(remove_duplicate=remove_duplicate):
+        yield user_name(raw, parallel), raw, param
+
+
 def select_parameters(
     model: nn.Module,
     params: ParamSelection = "weights",
@@ -91,14 +105,11 @@ def select_parameters(
         >>> [name for name, _ in select_parameters(nn.DataParallel(model))]
         ['0.weight']
     """
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    parallel = [name for name, module in model.named_modules() if isinstance(module, wrappers)]
     selected: dict[str, nn.Parameter] = {}
     kernels_only = params == "weights"
-    for raw, param in model.named_parameters():
+    for name, raw, param in named_parameters(model):
         if not param.requires_grad or (kernels_only and param.ndim < 2):
             continue
-        name = user_name(raw, parallel)
         name = raw if name in selected else name
         if include and not any(p.search(name) for p in include):
             continue

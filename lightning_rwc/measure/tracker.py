@@ -341,15 +341,15 @@ class Measurement:
         self._values: dict[str, float] | None = None
 
     @classmethod
-    def of(cls, values: dict[str, float]) -> Measurement:
-        """A measurement whose values are known already (as another rank measured them, for example).
+    def of(cls, values: dict[str, float], names: list[str] | None = None, sums: Tensor | None = None) -> Measurement:
+        """A measurement whose values (and sums) are known already, as when another rank measured them.
 
         Example::
 
             >>> Measurement.of({"fc.weight": 0.5, "_all": 0.5}).values()
             {'fc.weight': 0.5, '_all': 0.5}
         """
-        measurement = cls([], None, None, lambda names, sums: {})
+        measurement = cls(names or [], sums, None, lambda names, sums: values)
         measurement._values = values
         return measurement
 
@@ -357,18 +357,34 @@ class Measurement:
         """Whether the sums have reached the host (:meth:`values` will not wait)."""
         return self._arrival is None or self._arrival.query()
 
+    def sums(self) -> tuple[list[str], Tensor]:
+        """The measured tensors' names and their ``(2, k)`` float64 numerator and denominator sums, on the host.
+
+        Sums add up: the value of several tensors taken as one vector (a block, for example) is the ratio of their
+        summed sums (see :func:`~lightning_rwc.blocks.block_values`). Waits for the device like :meth:`values`.
+
+        Example::
+
+            >>> tracker = WeightChangeTracker(torch.nn.Linear(3, 2))
+            >>> names, sums = tracker.measure().sums()
+            >>> names, sums.shape
+            (['weight'], torch.Size([2, 1]))
+        """
+        if self._sums is None:
+            return self._names, torch.zeros(2, 0, dtype=torch.float64)
+        self._sums, self._arrival = wait(self._sums, self._arrival), None
+        if self._columns is not None:
+            self._sums, self._columns = self._sums[:, self._columns], None
+        return self._names, self._sums
+
     def values(self) -> dict[str, float]:
         """``{parameter name: RWC}`` plus ``"_all"``, as :meth:`WeightChangeTracker.step` returns them.
 
         Waits for the device if the sums have not arrived yet.
         """
         if self._values is None:
-            if self._sums is None:
-                self._values = {}
-            else:
-                sums = wait(self._sums, self._arrival)
-                self._values = self._finish(self._names, sums if self._columns is None else sums[:, self._columns])
-            self._sums = self._arrival = None
+            names, sums = self.sums()
+            self._values = self._finish(names, sums) if sums.shape[1] else {}
         return self._values
 
 

@@ -1,9 +1,11 @@
 """Train the tiny model with RelativeWeightChange under a distributed strategy; Lightning re-launches this script.
 
-Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven} OUT_DIR
+Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven,ddp-freeze,fsdp2-freeze} OUT_DIR
 
 ``fsdp2-uneven`` is ``fsdp2`` where, after the first epoch, rank 1 alone gets a new trainable layer: the ranks must
-agree to leave it out rather than hang or fail in the all-reduce.
+agree to leave it out rather than hang or fail in the all-reduce. ``ddp-freeze`` and ``fsdp2-freeze`` add a
+LayerFreezer that freezes the convolution after the second epoch (the learning rate falls 100x each epoch), under
+``ddp_find_unused_parameters_true`` or FSDP2.
 
 Rank zero writes OUT_DIR/history.json and OUT_DIR/weights_<step>.pt (full weights in float64 at every measurement and
 at the start); every rank writes OUT_DIR/collectives_<rank>.json (how many all-reduces the tracker made, and the
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_tiny_module, tiny_loader  # noqa: E402
 
 import lightning_rwc.measure.sharding as sharding  # noqa: E402
-from lightning_rwc import RelativeWeightChange  # noqa: E402
+from lightning_rwc import LayerFreezer, RelativeWeightChange  # noqa: E402
 
 TRACKED = ["net.conv.weight", "net.head.weight"]
 
@@ -75,6 +77,14 @@ def main(strategy_name: str, out: Path) -> None:
     sharding.all_reduce_sum = counting
     torch.manual_seed(0)
     module = make_tiny_module()
+    freezing = strategy_name.endswith("-freeze")
+    if freezing:
+
+        def configure_optimizers():
+            optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+            return [optimizer], [torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.01)]
+
+        module.configure_optimizers = configure_optimizers
     if strategy_name.startswith("fsdp2"):
         from lightning.pytorch.strategies import ModelParallelStrategy
         from torch.distributed.fsdp import fully_shard
@@ -87,8 +97,9 @@ def main(strategy_name: str, out: Path) -> None:
         module.configure_model = configure_model
         strategy = ModelParallelStrategy()
     else:
-        strategy = "ddp"
+        strategy = "ddp_find_unused_parameters_true" if freezing else "ddp"
     rwc = RelativeWeightChange()
+    freezer = LayerFreezer(threshold=0.5, patience=1, warmup=1, max_fraction=1.0)
     # Monitoring an RWC key needs its value on every rank (under DDP only rank zero measures): a missing one fails.
     monitor = EarlyStopping(monitor="rwc/_all", mode="min", patience=100, check_on_train_epoch_end=True)
     trainer = Trainer(
@@ -96,7 +107,13 @@ def main(strategy_name: str, out: Path) -> None:
         devices=2,
         strategy=strategy,
         max_epochs=3,
-        callbacks=[FullWeights(out), rwc, monitor, *([GrowOnRankOne()] if strategy_name == "fsdp2-uneven" else [])],
+        callbacks=[
+            FullWeights(out),
+            rwc,
+            monitor,
+            *([GrowOnRankOne()] if strategy_name == "fsdp2-uneven" else []),
+            *([freezer] if freezing else []),
+        ],
         logger=CSVLogger(out, name="csv"),
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -111,6 +128,8 @@ def main(strategy_name: str, out: Path) -> None:
         "measurements": len(rwc.history),
         "warnings": [str(w.message) for w in caught],
         "monitored": float(trainer.callback_metrics["rwc/_all"]),
+        "frozen": freezer.frozen,
+        "requires_grad": {name: p.requires_grad for name, p in module.named_parameters()},
     }
     (out / f"collectives_{rank}.json").write_text(json.dumps(report))
     if trainer.is_global_zero:

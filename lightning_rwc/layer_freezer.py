@@ -1,0 +1,181 @@
+"""Layer Freezer.
+
+Freezes the blocks of a network that have stopped learning, front to back, from the relative weight change that
+:class:`~lightning_rwc.RelativeWeightChange` measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
+
+from lightning_rwc.callback import RelativeWeightChange
+from lightning_rwc.decide.freeze import FreezePolicy
+from lightning_rwc.freezing import MODES, BlockFreezer
+from lightning_rwc.keys import freeze_prefix
+from lightning_rwc.measure import Measurement, select_parameters
+from lightning_rwc.measure.select import compile_patterns
+from lightning_rwc.validate import check_choice
+
+
+class LayerFreezer(Callback):
+    r"""Freeze the blocks of the network that have stopped learning, front to back, to save backward time.
+
+    The blocks are those of the TensorBoard layout (:mod:`lightning_rwc.blocks`: ResNet's stages, each of a
+    transformer's layers, ...). The decisions come from the measurements of the
+    :class:`~lightning_rwc.RelativeWeightChange` in the same Trainer (the first one, if several; with none, one with
+    default settings is added): after ``warmup`` measurements, a block whose RWC has stayed at or below
+    ``threshold`` times its own peak for ``patience`` measurements in a row is frozen together with every block
+    before it (``order="front"``: backward then stops at the frozen front), up to ``max_fraction`` of the blocks.
+    The last block (the head, and whatever shares parameters with it) is never frozen with ``keep_last``.
+
+    Frozen parameters get ``requires_grad=False`` and lose their gradients, so optimizers leave them as they are;
+    their batch-norm layers are put in eval mode (``eval_batchnorm``); their RWC curves end. ``mode="suggest"``
+    changes nothing: it logs what would be frozen, and when.
+
+    Logged metrics (through every logger, at the step of the measurement that decided):
+
+    - ``{log_prefix}_freeze/frozen_blocks``: how many blocks are frozen (or, suggesting, would be);
+    - ``{log_prefix}_freeze/{block}``: 1 at the step the block froze;
+    - with TensorBoard, a text ``{log_prefix}_freeze/decisions`` listing every decision so far.
+
+    Under DDP rank zero's measurements reach every rank, so every rank freezes the same blocks at the same step;
+    DDP must then be told that parameters may stop taking part: ``strategy="ddp_find_unused_parameters_true"``.
+
+    Args:
+        mode: ``"freeze"`` or ``"suggest"``.
+        threshold: fraction of a block's peak RWC below which it counts as settled.
+        patience: measurements in a row a block must stay settled.
+        warmup: measurements before any block may be frozen.
+        max_fraction: the largest share of the blocks (the kept ones left out) that may be frozen.
+        order: ``"front"`` (a block only with every block before it) or ``"any"`` (saves only the weight gradients
+            and optimizer updates of the frozen blocks, not backward through them).
+        blocks: custom blocks: regular expressions or module paths, matched at the start of parameter names.
+        keep_last: never freeze the last block.
+        eval_batchnorm: put the batch-norm layers of frozen blocks in eval mode.
+
+    Raises:
+        ValueError: for a setting out of range.
+        MisconfigurationException: at the start of training, with ``mode="freeze"`` under DDP without
+            ``find_unused_parameters``.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_rwc import LayerFreezer, RelativeWeightChange
+        >>> callbacks = [RelativeWeightChange(every_n_epochs=None, every_n_steps=50), LayerFreezer()]
+        >>> trainer = Trainer(callbacks=callbacks)
+    """
+
+    def __init__(
+        self,
+        mode: Literal["freeze", "suggest"] = "freeze",
+        threshold: float = 0.5,
+        patience: int = 2,
+        warmup: int = 2,
+        max_fraction: float = 0.75,
+        order: Literal["front", "any"] = "front",
+        blocks: Sequence[str] = (),
+        keep_last: bool = True,
+        eval_batchnorm: bool = True,
+    ) -> None:
+        check_choice("mode", mode, MODES)
+        self.policy = {"threshold": threshold, "patience": patience, "warmup": warmup}
+        self.policy |= {"max_fraction": max_fraction, "order": order}
+        FreezePolicy([], **self.policy)  # checks the settings now
+        compile_patterns(blocks, "blocks")
+        self.mode, self.blocks, self.keep_last, self.eval_batchnorm = mode, list(blocks), keep_last, eval_batchnorm
+        self.freezer: BlockFreezer | None = None
+        self._rwc: RelativeWeightChange | None = None
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def frozen(self) -> dict[str, int]:
+        """Each frozen (or, suggesting, would-be-frozen) block and the global step of the decision."""
+        return {} if self.freezer is None else self.freezer.frozen
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"{type(self).__qualname__}{{'mode': {self.mode!r}, 'blocks': {self.blocks!r}, **{self.policy!r}}}"
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._rwc is not None:
+            return
+        found = [callback for callback in trainer.callbacks if isinstance(callback, RelativeWeightChange)]
+        if found:
+            self._rwc = found[0]
+        else:  # measure with default settings; placed before the checkpoint callbacks, which Lightning runs last
+            self._rwc = RelativeWeightChange()
+            last = [i for i, callback in enumerate(trainer.callbacks) if isinstance(callback, Checkpoint)]
+            trainer.callbacks.insert(last[0] if last else len(trainer.callbacks), self._rwc)
+        self._rwc.subscribe(self._on_measurement)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "freeze":
+            model = trainer.strategy.model
+            if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
+                raise MisconfigurationException(
+                    "LayerFreezer(mode='freeze') under DDP needs DDP to accept parameters that stop taking part: "
+                    "use Trainer(strategy='ddp_find_unused_parameters_true') or "
+                    "DDPStrategy(find_unused_parameters=True)."
+                )
+        rwc = self._rwc
+        include, exclude = compile_patterns(rwc.include, "include"), compile_patterns(rwc.exclude, "exclude")
+        names = [name for name, _ in select_parameters(pl_module, rwc.params, include, exclude)]
+        self.freezer = BlockFreezer(
+            pl_module,
+            names,
+            mode=self.mode,
+            blocks=self.blocks,
+            keep_last=self.keep_last,
+            eval_batchnorm=self.eval_batchnorm,
+            norm=rwc.norm,
+            **self.policy,
+        )
+        if self._pending:
+            self.freezer.load_state_dict(self._pending)
+        self._pending = None
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if self.freezer is not None:
+            self.freezer.keep_eval()  # Lightning puts the model back in train mode at the start of each epoch
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.freezer is None else self.freezer.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def _on_measurement(self, trainer: pl.Trainer, step: int, measurement: Measurement) -> None:
+        if self.freezer is None:
+            return
+        chosen = self.freezer.update(step, measurement)
+        head = freeze_prefix(self._rwc.log_prefix)
+        metrics = {f"{head}/frozen_blocks": float(len(self.freezer.frozen))}
+        metrics |= {f"{head}/{block}": 1.0 for block in chosen}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        if chosen:
+            verb = "Froze" if self.mode == "freeze" else "Would freeze"
+            rank_zero_info(f"LayerFreezer: {verb} {', '.join(chosen)} at step {step}.")
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                    logger.experiment.add_text(f"{head}/decisions", self._decisions(), global_step=step)
+
+    def _decisions(self) -> str:
+        verb = "frozen" if self.mode == "freeze" else "would be frozen"
+        return "\n".join(f"- `{block}` {verb} at step {step}" for block, step in self.frozen.items())
