@@ -59,13 +59,15 @@ class RelativeWeightChange(Callback):
     - ``{log_prefix}_health/dead_layers`` and ``{log_prefix}_health/runaway_layers``: with ``check_health``, how
       many layers are flagged at each measurement.
 
-    The same keys are put in ``trainer.callback_metrics``, so ``EarlyStopping(monitor="rwc/_all")``,
-    ``ModelCheckpoint(monitor=...)`` and learning-rate schedulers can use them (under DDP rank zero then broadcasts
-    its values to the other ranks). With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` the values of one
-    measurement are written as one event; it also writes, once per run, a custom-scalars layout with one chart per
-    top-level block, a histogram ``{log_prefix}/distribution`` of the per-layer values (see ``log_histogram``) and,
-    with ``log_heatmap``, an image ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are
-    kept in :attr:`history` and in the callback's checkpoint state, so a resumed run continues its curves.
+    ``trainer.callback_metrics`` receives ``{log_prefix}/_all``, the cluster and health keys, and each per-layer key
+    that a callback or learning-rate scheduler monitors, so ``EarlyStopping(monitor="rwc/_all")`` or
+    ``ModelCheckpoint(monitor="rwc/fc.weight")`` can use them (under DDP rank zero then broadcasts its values to the
+    other ranks); every value is in :attr:`history` and in the loggers. With a
+    :class:`~lightning.pytorch.loggers.TensorBoardLogger` the values of one measurement are written as one event; it
+    also writes, once per run, a custom-scalars layout with one chart per block, a histogram
+    ``{log_prefix}/distribution`` of the per-layer values (see ``log_histogram``) and, with ``log_heatmap``, an image
+    ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are kept in :attr:`history` (bounded,
+    see ``history_capacity``) and in the callback's checkpoint state, so a resumed run continues its curves.
 
     On CUDA a measurement does not make the host wait for the device: its sums travel to the host behind the
     measuring kernels and are read at a later batch end, and at the latest at the epoch end, the end of training, a
@@ -182,6 +184,9 @@ class RelativeWeightChange(Callback):
         self._unflushed_since: float | None = None  # when the oldest value not yet flushed was logged
         self._layout_written: set[int] = set()
         self._share = False  # whether rank zero hands its values to ranks that do not measure
+        self._monitors: set[str] = {f"{log_prefix}/{ALL_KEY}"}  # the per-layer keys put in callback_metrics
+        self._names: list[str] = []  # the names of the latest measurement, and their metric keys
+        self._keys: list[str] = []
         self._listeners: list[Listener] = []
         self._health = HealthCheck() if check_health else None
         self._warn = WarnOnce(rank_zero_warn)
@@ -220,7 +225,9 @@ class RelativeWeightChange(Callback):
         # Replicated weights (single device, DDP) are measured on rank zero alone, with no collective; sharded
         # (FSDP2) weights on every rank, each reducing its own shard, with one all-reduce per measurement.
         sharded = any(is_sharded(p) for p in pl_module.parameters())
-        self._share = trainer.world_size > 1 and not sharded and (self._monitored(trainer) or bool(self._listeners))
+        monitored = self._monitored(trainer)
+        self._monitors = {f"{self.log_prefix}/{ALL_KEY}", *monitored}
+        self._share = trainer.world_size > 1 and not sharded and bool(monitored or self._listeners)
         if self._tracker is None and (trainer.is_global_zero or sharded):
             self._tracker = WeightChangeTracker(
                 pl_module,
@@ -351,12 +358,12 @@ class RelativeWeightChange(Callback):
             f"{head}/runaway_layers": float(len(self._health.runaway)),
         }
 
-    def _monitored(self, trainer: pl.Trainer) -> bool:
-        """Whether a callback or learning-rate scheduler monitors a key this callback logs."""
+    def _monitored(self, trainer: pl.Trainer) -> set[str]:
+        """The keys this callback logs that a callback or learning-rate scheduler monitors."""
         monitors = [getattr(callback, "monitor", None) for callback in trainer.callbacks]
         monitors += [config.monitor for config in trainer.lr_scheduler_configs]
-        heads = (f"{self.log_prefix}/", f"{cluster_prefix(self.log_prefix)}/")
-        return any(isinstance(monitor, str) and monitor.startswith(heads) for monitor in monitors)
+        heads = (f"{self.log_prefix}/", f"{cluster_prefix(self.log_prefix)}/", f"{health_prefix(self.log_prefix)}/")
+        return {monitor for monitor in monitors if isinstance(monitor, str) and monitor.startswith(heads)}
 
     def _start(self, trainer: pl.Trainer) -> None:
         """Launch a measurement (this rank's part of it); its values are collected when they have arrived."""
@@ -384,23 +391,30 @@ class RelativeWeightChange(Callback):
         unlogged, self._unlogged = self._unlogged, []
         for step, measurement in unlogged:
             values = measurement.values()
-            metrics = {f"{self.log_prefix}/{name}": value for name, value in values.items()}
-            if self._health is not None:
-                metrics.update(self._check_health(values))
-            self._log(trainer, metrics, step)
+            metrics = dict(zip(self._metric_keys(values), values.values(), strict=True))
+            health = {} if self._health is None else self._check_health(values)
+            exported = {key: metrics[key] for key in self._monitors if key in metrics} | health
+            self._log(trainer, metrics | health, step, exported)
             if self.log_histogram == "measurement" and trainer.is_global_zero:
                 self._write_histogram(trainer, values, step)
             for listener in self._listeners:
                 listener(trainer, step, measurement)
 
-    def _log(self, trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
-        """``metrics`` to ``trainer.callback_metrics`` and to every logger (TensorBoard in one event).
+    def _metric_keys(self, values: dict[str, float]) -> list[str]:
+        """``{log_prefix}/{name}`` for each name of ``values``, remembered while the names stay the same."""
+        names = list(values)
+        if names != self._names:
+            self._names, self._keys = names, [f"{self.log_prefix}/{name}" for name in names]
+        return self._keys
+
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float], step: int, exported: dict[str, float]) -> None:
+        """``metrics`` to every logger (TensorBoard in one event), ``exported`` to ``trainer.callback_metrics``.
 
         The loggers come last: TensorBoard's writer thread then encodes the event while training goes on, instead of
         competing for the interpreter with the rest of this hook.
         """
-        values = torch.tensor(list(metrics.values())).unbind()  # one tensor, viewed per key: cheaper than one each
-        trainer.callback_metrics.update(zip(metrics, values, strict=True))
+        values = torch.tensor(list(exported.values())).unbind()  # one tensor viewed per key: cheaper than one each
+        trainer.callback_metrics.update(zip(exported, values, strict=True))
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
         for logger in trainer.loggers:
@@ -456,7 +470,7 @@ class RelativeWeightChange(Callback):
         for summary in result.summaries:
             for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
                 metrics[f"{head}/{summary.cluster_id}/{key}"] = float(curve[-1])
-        self._log(trainer, metrics, trainer.global_step)
+        self._log(trainer, metrics, trainer.global_step, metrics)
 
 
 def _tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:

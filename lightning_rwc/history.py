@@ -104,9 +104,9 @@ class RWCHistory:
 
         A bounded history keeps it only if it falls on its stride (see the class description).
         """
-        for name in values:
-            if name != ALL_KEY and name not in self._layers:
-                self._layers[name] = len(self._layers)
+        new = values.keys() - self._layers.keys() - {ALL_KEY}  # one set operation: cheap when nothing is new
+        for name in [name for name in values if name in new] if new else ():
+            self._layers[name] = len(self._layers)
         self.appended += 1
         if (self.appended - 1) % self.stride:
             return

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_rwc import RelativeWeightChange
+from lightning_rwc.history import load_history
 
 TRACKED = ["net.conv.weight", "net.head.weight"]
 
@@ -192,27 +193,39 @@ def test_state_dict_round_trip_keeps_the_history(tmp_path):
     assert restored.history.layers == rwc.history.layers
 
 
-def test_resume_from_checkpoint_continues_the_curves_exactly(tmp_path):
-    def run(max_epochs, ckpt_path=None, recorder=None):
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"every_n_epochs": None, "every_n_steps": 1, "history_capacity": 4}],
+    ids=["every epoch", "every step, a history thinned to 4"],
+)
+def test_resume_from_checkpoint_continues_the_curves_exactly(tmp_path, settings):
+    def run(max_epochs, ckpt_path=None):
         torch.manual_seed(0)
-        rwc = RelativeWeightChange()
+        rwc = RelativeWeightChange(**settings)
+        logger = CSVLogger(tmp_path, name=f"{max_epochs}-{ckpt_path is not None}")
         trainer = Trainer(
             max_epochs=max_epochs,
             callbacks=[rwc],
-            logger=False,
+            logger=logger,
             default_root_dir=tmp_path,
             **{**fit_kwargs(), "enable_checkpointing": True},
         )
-        with pytest.warns(UserWarning, match="no logger"):
-            trainer.fit(make_tiny_module(), tiny_loader(), ckpt_path=ckpt_path)
+        trainer.fit(make_tiny_module(), tiny_loader(), ckpt_path=ckpt_path)
         return trainer, rwc
 
-    _, straight = run(4)
+    straight_trainer, straight = run(4)
     first, _ = run(2)
-    ckpt = first.checkpoint_callback.best_model_path
-    _, resumed = run(4, ckpt_path=ckpt)
+    resumed_trainer, resumed = run(4, ckpt_path=first.checkpoint_callback.best_model_path)
     assert resumed.history.steps == straight.history.steps
     assert resumed.history.values.tolist() == straight.history.values.tolist()
+    # What the resumed run logged after the checkpoint is what the uninterrupted run logged at those steps.
+    logged = {
+        name: load_history(Path(t.logger.log_dir) / "metrics.csv")
+        for name, t in (("a", straight_trainer), ("b", resumed_trainer))
+    }
+    after = [j for j, step in enumerate(logged["a"].steps) if step > 16]
+    assert [logged["a"].steps[j] for j in after] == logged["b"].steps
+    np.testing.assert_array_equal(logged["b"].values, logged["a"].values[:, after])
 
 
 def test_two_instances_keep_separate_state():

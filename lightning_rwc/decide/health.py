@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from lightning_rwc.keys import ALL_KEY
 
@@ -43,14 +44,18 @@ class HealthCheck:
 
     def update(self, values: Mapping[str, float]) -> tuple[list[str], list[str]]:
         """Take one measurement's ``{layer: RWC}`` (with ``"_all"``); return the layers newly dead and runaway."""
-        layers = {name: value for name, value in values.items() if name != ALL_KEY and math.isfinite(value)}
-        moving = values.get(ALL_KEY, 0.0) > 0
-        median = statistics.median(layers.values()) if layers else math.nan
-        for name, value in layers.items():
-            self._still[name] = self._still.get(name, 0) + 1 if moving and value == 0.0 else 0
-            self._ahead[name] = self._ahead.get(name, 0) + 1 if median > 0 and value > self.factor * median else 0
-        dead = {name for name in layers if self._still[name] >= self.patience}
-        runaway = {name for name in layers if self._ahead[name] >= self.patience}
-        newly = sorted(dead - self.dead, key=list(layers).index), sorted(runaway - self.runaway, key=list(layers).index)
+        names = [name for name in values if name != ALL_KEY]
+        rwc = np.fromiter((values[name] for name in names), dtype=np.float64, count=len(names))
+        finite = np.isfinite(rwc)
+        median = float(np.median(rwc[finite])) if finite.any() else math.nan
+        still = finite & (rwc == 0) if values.get(ALL_KEY, 0.0) > 0 else np.zeros_like(finite)
+        ahead = finite & (rwc > self.factor * median) if median > 0 else np.zeros_like(finite)
+        # counters only for the layers that meet a condition now: the others start again from zero
+        self._still = {names[i]: self._still.get(names[i], 0) + 1 for i in np.flatnonzero(still)}
+        self._ahead = {names[i]: self._ahead.get(names[i], 0) + 1 for i in np.flatnonzero(ahead)}
+        dead = {name for name, count in self._still.items() if count >= self.patience}
+        runaway = {name for name, count in self._ahead.items() if count >= self.patience}
+        new_dead, new_runaway = dead - self.dead, runaway - self.runaway
+        newly = [n for n in names if n in new_dead], [n for n in names if n in new_runaway]
         self.dead, self.runaway = dead, runaway
         return newly
