@@ -43,8 +43,9 @@ def local(param: Tensor) -> Tensor:
 def copies(param: Tensor) -> int:
     """On how many ranks each element of ``param`` lives.
 
-    For a ``DTensor``, the product of its replicated mesh dimensions; for a plain tensor in a distributed run, every
-    rank.
+    For a ``DTensor``, the product of its replicated mesh dimensions, times the number of copies of its mesh in the
+    world (a parameter placed on the data-parallel part of a 2-D mesh lives once per tensor-parallel rank); for a
+    plain tensor in a distributed run, every rank.
 
     Example::
 
@@ -53,7 +54,8 @@ def copies(param: Tensor) -> int:
     """
     if is_sharded(param):
         mesh = param.device_mesh
-        return math.prod(mesh.size(dim) for dim, p in enumerate(param.placements) if p.is_replicate())
+        replicated = math.prod(mesh.size(dim) for dim, p in enumerate(param.placements) if p.is_replicate())
+        return replicated * world_size() // mesh.size()
     return world_size()
 
 

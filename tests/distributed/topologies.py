@@ -1,0 +1,153 @@
+"""Measure a model under every way PyTorch shards a layer, on four gloo processes: ``python topologies.py OUT_DIR``.
+
+Each rank builds the same model, applies one topology, creates a tracker, then twice moves every weight by a known
+amount (the same full tensor on every rank, distributed like the weight) and measures. Rank zero writes, per
+topology, the tracker's values, the float64 reference from the full weights before and after each move, and how
+many all-reduces each measurement made, to ``OUT_DIR/<topology>.pt``.
+
+Topologies: HSDP (``fully_shard`` on a 2 x 2 replicate x shard mesh), tensor parallel (``ColwiseParallel`` /
+``RowwiseParallel`` on 4 ranks: ``Shard(0)``, ``Shard(1)`` and ``Replicate()`` placements), FSDP2 + tensor parallel
+on a 2 x 2 mesh, uneven shards (dimensions not divisible by 4, and one with fewer rows than ranks, so that a rank
+holds an empty shard), and a model mixing replicated (plain) and sharded parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conftest import reference_rwc  # noqa: E402
+
+import lightning_rwc.measure.sharding as sharding  # noqa: E402
+from lightning_rwc import WeightChangeTracker  # noqa: E402
+
+WORLD = 4
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int = 8, hidden: int = 12, out: int = 6) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, hidden)
+        self.down = nn.Linear(hidden, out)
+        self.norm = nn.LayerNorm(out)
+
+
+class Uneven(nn.Module):
+    """Dimensions not divisible by four ranks; ``tiny`` has three rows, so one rank's shard is empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 7)
+        self.b = nn.Linear(7, 3)
+        self.tiny = nn.Parameter(torch.randn(3, 2))
+
+
+def hsdp(model: nn.Module) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    for module in (model.up, model.down):
+        fully_shard(module, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def tensor_parallel(model: nn.Module) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    return parallelize_module(model, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+
+
+def fsdp_and_tensor_parallel(model: nn.Module) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    return fully_shard(model, mesh=mesh["dp"])
+
+
+def uneven(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model.a)
+    return fully_shard(model)
+
+
+def mixed(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model.up)  # model.down and model.norm stay plain tensors, replicated on every rank
+    return model
+
+
+TOPOLOGIES = {
+    "hsdp": (MLP, hsdp),
+    "tensor-parallel": (MLP, tensor_parallel),
+    "fsdp-and-tensor-parallel": (MLP, fsdp_and_tensor_parallel),
+    "uneven": (Uneven, uneven),
+    "mixed": (MLP, mixed),
+}
+
+
+def full(param: torch.Tensor) -> torch.Tensor:
+    return (param.full_tensor() if sharding.is_sharded(param) else param).detach().double().clone()
+
+
+def move(model: nn.Module, seed: int) -> None:
+    """Scale every weight by a factor drawn from ``seed`` (the same full factor on every rank)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            factor = 1 + 0.01 * torch.randn(param.shape, generator=generator)
+            if sharding.is_sharded(param):
+                factor = distribute_tensor(factor, param.device_mesh, param.placements)
+            param.mul_(factor)
+
+
+def worker(rank: int, out: str, port: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    calls: list[int] = []
+    original = sharding.all_reduce_sum
+    sharding.all_reduce_sum = lambda table: calls.append(1) or original(table)
+    try:
+        for name, (build, shard) in TOPOLOGIES.items():
+            torch.manual_seed(0)
+            model = shard(build())
+            tracker = WeightChangeTracker(model, params="trainable")
+            steps = []
+            for seed in (1, 2):
+                before = {n: full(p) for n, p in model.named_parameters()}
+                move(model, seed)
+                after = {n: full(p) for n, p in model.named_parameters()}
+                calls.clear()
+                values = tracker.step()
+                reference = reference_rwc(before, after, "l1")
+                steps.append({"values": values, "reference": reference, "all_reduces": len(calls)})
+            placements = {n: str(getattr(p, "placements", "plain")) for n, p in model.named_parameters()}
+            local = {n: sharding.local(p).numel() for n, p in model.named_parameters()}
+            numels: list[dict[str, int] | None] = [None] * WORLD
+            dist.all_gather_object(numels, local)
+            if rank == 0:
+                torch.save({"steps": steps, "placements": placements, "numels": numels}, Path(out) / f"{name}.pt")
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "29517"), nprocs=WORLD)
