@@ -240,7 +240,15 @@ class RelativeWeightChange(Callback):
                 warn=rank_zero_warn,
             )
             if self._pending_snapshot:
-                self._tracker.load_snapshot(self._pending_snapshot)
+                try:
+                    self._tracker.load_snapshot(self._pending_snapshot)
+                except ValueError as err:  # a checkpoint of another model: its baseline does not fit this one
+                    self._tracker.reset()
+                    self._warn(
+                        "snapshot",
+                        f"The checkpoint's baseline does not fit this model ({err}): the curves "
+                        "start again from the checkpoint's weights.",
+                    )
         self._pending_snapshot = None
 
     @override

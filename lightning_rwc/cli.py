@@ -100,9 +100,9 @@ def _cluster(args: argparse.Namespace) -> int:
     for run in runs:
         try:
             out = cluster_run(run, prefix=args.prefix, plots=not args.no_plots, **options)
-        except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: a file that cannot be read or written
             failures += 1
-            print(f"error: {run}: {err}", file=sys.stderr)
+            print(f"error: {run}: {err}".replace("\n", " "), file=sys.stderr)
             continue
         print(f"{run}: {out.result.markdown()}")
         print(f"  wrote {out.cluster_run} (TensorBoard run) and {out.json_path}")

@@ -259,7 +259,7 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         raise FileNotFoundError(f"{path} does not exist: pass a run directory, a metrics CSV or a history JSON file")
     if path.is_file():
         if path.suffix == ".json":
-            return RWCHistory.from_dict(json.loads(path.read_text()))
+            return _read_json(path)
         if path.suffix == ".csv":
             return _from_series(_read_csv(path), prefix, path)
         if EVENT_FILE_MARKER in path.name:
@@ -342,11 +342,14 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once replaced; a failed write leaves nothing behind
 
 
 Series = dict[str, dict[int, float]]
@@ -388,7 +391,25 @@ def _read_tensorboard(run_dir: Path) -> Series:
     return series
 
 
+def _read_json(path: Path) -> RWCHistory:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as err:  # not JSON, not text
+        raise ValueError(f"{path} is not a readable JSON file: {err}") from err
+    try:
+        return RWCHistory.from_dict(data)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a history written by RWCHistory.save: {err}") from err
+
+
 def _read_csv(path: Path) -> Series:
+    try:
+        return _parse_csv(path)
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV file: {err}") from err
+
+
+def _parse_csv(path: Path) -> Series:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "step" not in reader.fieldnames:
@@ -397,7 +418,7 @@ def _read_csv(path: Path) -> Series:
         for line, row in enumerate(reader, start=2):
             try:
                 step = int(float(row["step"]))
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, OverflowError) as err:
                 raise ValueError(f"{path}, line {line}: step {row['step']!r} is not a number") from err
             for key, cell in row.items():
                 if key not in (None, "step") and cell not in (None, ""):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_rwc.keys import CLUSTER_JSON, DEFAULT_PREFIX
+from lightning_rwc.keys import CLUSTER_JSON, CLUSTER_RUN_DIR, DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
@@ -56,9 +56,10 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
     """
     from lightning_rwc.clustering import cluster_layers
     from lightning_rwc.history import load_history
-    from lightning_rwc.tensorboard import write_cluster_run
+    from lightning_rwc.tensorboard import recover_dir, write_cluster_run
 
     run = Path(run)
+    recover_dir((run if run.is_dir() else run.parent) / CLUSTER_RUN_DIR)  # outputs moved aside by a killed run
     history = load_history(run, prefix=prefix)
     result = cluster_layers(history, **options)
     directory = run if run.is_dir() else run.parent

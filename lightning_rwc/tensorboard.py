@@ -133,18 +133,23 @@ def write_cluster_run(
 
     target = Path(run_dir) / name
     tmp = target.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    recover_dir(target)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
     head = cluster_prefix(prefix)
-    writer = SummaryWriter(log_dir=str(tmp))
     try:
-        writer.add_custom_scalars(cluster_layout((s.cluster_id for s in result.summaries), prefix))
-        for summary in result.summaries:
-            for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
-                for step, value in zip(result.steps, curve, strict=True):
-                    writer.add_scalar(f"{head}/{summary.cluster_id}/{key}", value, global_step=step)
-        writer.add_text(head, result.markdown(), global_step=result.steps[-1] if result.steps else 0)
-    finally:
-        writer.close()
+        writer = SummaryWriter(log_dir=str(tmp))
+        try:
+            writer.add_custom_scalars(cluster_layout((s.cluster_id for s in result.summaries), prefix))
+            for summary in result.summaries:
+                for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
+                    for step, value in zip(result.steps, curve, strict=True):
+                        writer.add_scalar(f"{head}/{summary.cluster_id}/{key}", value, global_step=step)
+            writer.add_text(head, result.markdown(), global_step=result.steps[-1] if result.steps else 0)
+        finally:
+            writer.close()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial run left behind
+        raise
     replace_dir(tmp, target)
     return target
 
@@ -162,11 +167,29 @@ def replace_dir(source: Path, target: Path) -> None:
         ['old']
     """
     old = target.with_name(f".{target.name}.old")
+    recover_dir(target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     source.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """Put back the ``target`` that :func:`replace_dir` had moved aside when the process was killed.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / ".out.old").mkdir()
+        >>> recover_dir(root / "out")
+        >>> sorted(p.name for p in root.iterdir())
+        ['out']
+    """
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
 
 
 def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> bool:

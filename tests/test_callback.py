@@ -558,3 +558,23 @@ def test_fsdp1_on_gpu_stops_at_setup_with_a_pointer_to_fsdp2(tmp_path):
     trainer = Trainer(max_epochs=1, strategy="fsdp", callbacks=[RelativeWeightChange()], logger=False, **kwargs)
     with pytest.raises(MisconfigurationException, match="ModelParallelStrategy"):
         trainer.fit(make_tiny_module(), tiny_loader())
+
+
+def test_a_checkpoint_of_a_run_with_other_settings_warns_and_starts_a_fresh_baseline(tmp_path):
+    kwargs = {**fit_kwargs(), "enable_checkpointing": True}
+    first = Trainer(max_epochs=1, callbacks=[RelativeWeightChange(norm="l2")], logger=CSVLogger(tmp_path), **kwargs)
+    first.fit(make_tiny_module(), tiny_loader())
+    rwc = RelativeWeightChange()  # norm="l1": another state key
+    resumed = Trainer(max_epochs=2, callbacks=[rwc], logger=CSVLogger(tmp_path), default_root_dir=tmp_path, **kwargs)
+    with pytest.warns(UserWarning, match="holds no RelativeWeightChange state .* or other settings"):
+        resumed.fit(make_tiny_module(), tiny_loader(), ckpt_path=first.checkpoint_callback.best_model_path)
+    assert rwc.history.steps == [16]  # nothing of the l2 run; the first value spans epoch 2 from the checkpoint
+
+
+def test_a_checkpointed_baseline_that_does_not_fit_the_model_warns_and_starts_again(tmp_path):
+    rwc = RelativeWeightChange()
+    rwc.load_state_dict({"version": 2, "history": {}, "snapshot": {"net.conv.weight": torch.zeros(1, 1, 2, 2)}})
+    trainer = Trainer(max_epochs=1, callbacks=[rwc], logger=CSVLogger(tmp_path), **fit_kwargs())
+    with pytest.warns(UserWarning, match="baseline does not fit this model .*shape"):
+        trainer.fit(make_tiny_module(), tiny_loader())
+    assert rwc.history.steps == [8] and not np.isnan(rwc.history.values).any()

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 from conftest import planted_curves, write_tensorboard_run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -108,3 +110,167 @@ def test_help_lists_the_subcommands_without_importing_lightning():
     assert out.split() == ["False", "False"]
     help_text = build_parser().format_help()
     assert "cluster" in help_text and "demo" in help_text
+
+
+# Bad input and faults, tried in bulk: every generated run either clusters or ends with one clear line that names
+# the file, and outputs written earlier are never damaged.
+
+NAMES = st.sampled_from(["fc.weight", "layer1.0.conv1.weight", "a b.weight", "héad[0].w", "x(1)", "rwc/y", "0"])
+CELLS = st.one_of(
+    st.floats(0, 1, allow_nan=False).map(repr),
+    st.sampled_from(["", "nan", "inf", "-1", "0", "abc", "1e309", "1,5"]),
+)
+
+
+@st.composite
+def csv_runs(draw) -> bytes:
+    names = draw(st.lists(NAMES, min_size=0, max_size=4, unique=True))
+    header = (["step"] if draw(st.booleans()) or not names else []) + [f"rwc/{n}" for n in names]
+    header += ["epoch"] * draw(st.booleans())
+    steps = st.one_of(st.integers(0, 5).map(str), st.sampled_from(["", "x", "nan", "1e400", "2.5"]))
+    rows = draw(st.lists(st.lists(CELLS, min_size=len(header), max_size=len(header)), max_size=8))
+    for row in rows:
+        if "step" in header:
+            row[0] = draw(steps)
+    lines = [",".join(header)] + [",".join(row) for row in rows]
+    if draw(st.booleans()):
+        lines = lines[: draw(st.integers(0, len(lines)))]  # truncated
+    text = "\n".join(lines).encode()
+    return text if draw(st.integers(0, 9)) else b"\xff\xfe\x00garbage"
+
+
+@st.composite
+def json_runs(draw) -> bytes:
+    value = st.one_of(st.none(), st.floats(0, 1), st.text(max_size=3), st.integers(-2, 5))
+    layers = draw(st.lists(NAMES, max_size=4, unique=True))
+    steps = draw(st.lists(st.integers(0, 9), max_size=4))
+    data = {
+        "layers": draw(st.one_of(st.just(layers), value)),
+        "steps": draw(st.one_of(st.just(steps), value)),
+        "values": draw(st.one_of(st.lists(st.lists(value, max_size=4), max_size=4), value)),
+        "total": draw(st.one_of(st.lists(value, max_size=4), value)),
+    }
+    data = {key: item for key, item in data.items() if draw(st.booleans()) or key == "layers"}
+    text = json.dumps(data) if draw(st.integers(0, 5)) else draw(st.sampled_from(["[1, 2]", "{", '"text"', "null"]))
+    return text.encode()
+
+
+@st.composite
+def event_runs(draw) -> list[tuple[str, int, float]]:
+    names = draw(st.lists(NAMES, min_size=1, max_size=5, unique=True))
+    values = st.one_of(st.floats(1e-6, 1), st.sampled_from([0.0, float("nan"), float("inf"), 0.01]))
+    return [(f"rwc/{n}", step, draw(values)) for step in range(1, draw(st.integers(1, 6)) + 1) for n in names]
+
+
+def write_events(run, scalars, damage: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run))
+    for tag, step, value in scalars:
+        writer.add_scalar(tag, value, step)
+    writer.close()
+    (path,) = run.glob("events.out.tfevents.*")
+    data = path.read_bytes()
+    if damage == 1:
+        path.write_bytes(data[: len(data) * 2 // 3])  # truncated
+    elif damage == 2:
+        path.write_bytes(data[:50] + bytes(reversed(data[50:90])) + data[90:])  # a corrupt record
+
+
+def earlier_outputs(run) -> dict[str, bytes]:
+    """Outputs of an earlier clustering of this run, to be found intact after a failing one."""
+    (run / "rwc_clusters").mkdir()
+    (run / "rwc_clusters" / "kept.txt").write_bytes(b"earlier cluster run")
+    (run / "rwc_clusters.json").write_bytes(b'{"earlier": true}')
+    return {"rwc_clusters/kept.txt": b"earlier cluster run", "rwc_clusters.json": b'{"earlier": true}'}
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # capsys is read every time
+)
+@given(kind=st.sampled_from(["csv", "json", "events"]), data=st.data())
+def test_generated_bad_runs_cluster_or_fail_with_one_clear_line(kind, data, capsys):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "run"
+        run.mkdir()
+        if kind == "events":
+            write_events(run, data.draw(event_runs()), data.draw(st.integers(0, 2)))
+            target = run
+        else:
+            target = run / ("metrics.csv" if kind == "csv" else "history.json")
+            target.write_bytes(data.draw(csv_runs() if kind == "csv" else json_runs()))
+        before = earlier_outputs(run)
+        capsys.readouterr()
+        code = main(["cluster", str(target), "--no-plots"])
+        out, err = capsys.readouterr()
+        assert code in (0, 1), (code, err)
+        assert not [p.name for p in run.iterdir() if p.name.endswith((".tmp", ".old"))]  # nothing half-written
+        if code:
+            assert err.count("\n") == 1 and err.startswith("error: ") and str(target) in err, err
+            assert "Traceback" not in err
+            assert {name: (run / name).read_bytes() for name in before} == before
+        else:
+            json.loads((run / "rwc_clusters.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+            assert not (run / "rwc_clusters" / "kept.txt").exists()  # replaced as a whole
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import torch.utils.tensorboard.writer as writer
+from lightning_rwc.cli import main
+
+def killed(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+writer.SummaryWriter.{method} = killed
+main(["cluster", sys.argv[1], "--no-plots"])
+"""
+
+
+@pytest.mark.parametrize("method", ["add_scalar", "add_text"])
+def test_a_clustering_killed_while_writing_leaves_the_earlier_outputs_intact(planted_run, tmp_path, method):
+    import shutil
+
+    run = tmp_path / "version_0"
+    shutil.copytree(planted_run[0], run, ignore=shutil.ignore_patterns("rwc_clusters*"))
+    assert main(["cluster", str(run), "--no-plots"]) == 0
+    earlier = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "rwc_clusters" in str(p)}
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT.format(method=method))
+    result = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, timeout=300)
+    assert result.returncode == -9
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and "rwc_clusters" in str(p)}
+    assert {k: v for k, v in after.items() if not str(k).startswith(".")} == earlier  # the visible outputs
+    assert main(["cluster", str(run), "--no-plots"]) == 0  # the next run cleans up what the killed one left
+    assert sorted(p.name for p in run.iterdir() if "rwc_clusters" in p.name) == ["rwc_clusters", "rwc_clusters.json"]
+
+
+def test_outputs_moved_aside_by_a_killed_run_are_put_back(planted_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "version_0"
+    shutil.copytree(planted_run[0], run, ignore=shutil.ignore_patterns("rwc_clusters*"))
+    assert main(["cluster", str(run), "--no-plots"]) == 0
+    (run / "rwc_clusters").rename(run / ".rwc_clusters.old")  # killed between the two renames of the swap
+    (run / "metrics.csv").write_text("step\n1\n")  # and now the run cannot be clustered
+    for path in run.glob("events.out.tfevents.*"):
+        path.unlink()
+    assert main(["cluster", str(run), "--no-plots"]) == 1
+    assert (run / "rwc_clusters").is_dir() and not (run / ".rwc_clusters.old").exists()
+
+
+def test_an_unwritable_place_for_the_outputs_is_a_clear_error(planted_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "version_0"
+    shutil.copytree(planted_run[0], run, ignore=shutil.ignore_patterns("rwc_clusters*"))
+    (run / ".rwc_clusters.tmp").write_text("a file where the new cluster run must go")  # root can write anywhere
+    (run / "rwc_clusters.json").mkdir()  # and a directory where the JSON file must go
+    assert main(["cluster", str(run), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run}: ") and err.count("\n") == 1 and "Traceback" not in err
