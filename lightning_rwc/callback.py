@@ -28,7 +28,7 @@ from lightning_rwc.measure import Norm, ParamSelection, WeightChangeTracker
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.sharding import is_sharded
 from lightning_rwc.measure.tracker import Measurement, check_settings
-from lightning_rwc.tensorboard import heatmap_image, layer_layout, write_scalars
+from lightning_rwc.tensorboard import heatmap_image, layer_layout, log_and_find_head, write_scalars
 from lightning_rwc.validate import check_choice
 from lightning_rwc.warn_once import WarnOnce
 
@@ -63,7 +63,8 @@ class RelativeWeightChange(Callback):
     that a callback or learning-rate scheduler monitors, so ``EarlyStopping(monitor="rwc/_all")`` or
     ``ModelCheckpoint(monitor="rwc/fc.weight")`` can use them (under DDP rank zero then broadcasts its values to the
     other ranks); every value is in :attr:`history` and in the loggers. With a
-    :class:`~lightning.pytorch.loggers.TensorBoardLogger` the values of one measurement are written as one event; it
+    :class:`~lightning.pytorch.loggers.TensorBoardLogger` the values of one measurement are written as one event,
+    under the same tags as its ``log_metrics`` (``TensorBoardLogger(prefix="train")`` gives ``train-rwc/...``); it
     also writes, once per run, a custom-scalars layout with one chart per block, a histogram
     ``{log_prefix}/distribution`` of the per-layer values (see ``log_histogram``) and, with ``log_heatmap``, an image
     ``{log_prefix}/heatmap`` of all curves so far at each epoch end. The values are kept in :attr:`history` (bounded,
@@ -182,7 +183,7 @@ class RelativeWeightChange(Callback):
         self._in_flight: deque[tuple[int, int, Measurement]] = deque()  # (step, epoch, measurement), oldest first
         self._unlogged: list[tuple[int, Measurement]] = []  # in the history, not yet handed to loggers and listeners
         self._unflushed_since: float | None = None  # when the oldest value not yet flushed was logged
-        self._layout_written: set[int] = set()
+        self._tag_heads: dict[int, str | None] = {}  # per TensorBoard logger: what its tags put before each key
         self._share = False  # whether rank zero hands its values to ranks that do not measure
         self._monitors: set[str] = {f"{log_prefix}/{ALL_KEY}"}  # the per-layer keys put in callback_metrics
         self._names: list[str] = []  # the names of the latest measurement, and their metric keys
@@ -426,11 +427,15 @@ class RelativeWeightChange(Callback):
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
         for logger in trainer.loggers:
-            tensorboard = isinstance(logger, TensorBoardLogger) and trainer.is_global_zero
-            if tensorboard and id(logger) not in self._layout_written:
-                self._write_layout(logger, metrics)
-            if not (tensorboard and write_scalars(logger.experiment, metrics, step)):
-                logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                if id(logger) not in self._tag_heads:  # the first values show how the logger names its tags
+                    self._tag_heads[id(logger)] = head = log_and_find_head(logger, metrics, step)
+                    self._write_layout(logger, metrics, head or "")
+                    continue
+                head = self._tag_heads[id(logger)]
+                if head is not None and write_scalars(logger.experiment, metrics, step, head):
+                    continue
+            logger.log_metrics(metrics, step=step)
 
     def _flush(self, trainer: pl.Trainer, force: bool) -> None:
         """Flush every logger if a logged value has waited ``flush_every_s`` (or, with ``force``, at all)."""
@@ -441,11 +446,10 @@ class RelativeWeightChange(Callback):
             logger.save()  # TensorBoard: flushes the event file; CSV: writes the rows
         self._unflushed_since = None
 
-    def _write_layout(self, logger: TensorBoardLogger, metrics: dict[str, float]) -> None:
+    def _write_layout(self, logger: TensorBoardLogger, metrics: dict[str, float], tag_head: str) -> None:
         head = f"{self.log_prefix}/"
         names = [key[len(head) :] for key in metrics if key.startswith(head) and key != head + ALL_KEY]
-        logger.experiment.add_custom_scalars(layer_layout(names, self.log_prefix))
-        self._layout_written.add(id(logger))
+        logger.experiment.add_custom_scalars(layer_layout(names, tag_head + self.log_prefix))
 
     def _write_histogram(self, trainer: pl.Trainer, values: dict[str, float], step: int) -> None:
         import numpy as np

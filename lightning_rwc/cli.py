@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lightning_rwc.keys import CLUSTER_RUN_DIR, DEFAULT_PREFIX
@@ -98,12 +99,19 @@ def _cluster(args: argparse.Namespace) -> int:
     }
     failures = 0
     for run in runs:
-        try:
-            out = cluster_run(run, prefix=args.prefix, plots=not args.no_plots, **options)
-        except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: a file that cannot be read or written
+        with warnings.catch_warnings(record=True) as caught:  # each printed as one line, after the outcome
+            try:
+                out = cluster_run(run, prefix=args.prefix, plots=not args.no_plots, **options)
+            except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: a file that cannot be read or written
+                out, error = None, err
+        notes = [str(warning.message) for warning in caught]
+        if out is None:  # one line: the error, then what was noticed on the way (a damaged file explains it)
             failures += 1
-            print(f"error: {run}: {err}".replace("\n", " "), file=sys.stderr)
+            noticed = "".join(f" (warning: {note})" for note in notes)
+            print(_one_line(f"error: {run}: {error}{noticed}"), file=sys.stderr)
             continue
+        for note in notes:
+            print(_one_line(f"warning: {note}"), file=sys.stderr)
         print(f"{run}: {out.result.markdown()}")
         print(f"  wrote {out.cluster_run} (TensorBoard run) and {out.json_path}")
         if out.plots:
@@ -113,3 +121,7 @@ def _cluster(args: argparse.Namespace) -> int:
     if len(runs) > 1:
         print(f"clustered {len(runs) - failures} of {len(runs)} runs; open them with: tensorboard --logdir {path}")
     return 1 if failures else 0
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ")

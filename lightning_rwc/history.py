@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from lightning_rwc.keys import ALL_KEY
 
 FORMAT_VERSION = 1
 EVENT_FILE_MARKER = "tfevents"
+RECORD_FRAMING = 16
+"""Bytes around each event in an event file: its length (8) and two checksums (4 each)."""
 
 
 class RWCHistory:
@@ -246,6 +249,10 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         FileNotFoundError: if ``path`` does not exist or holds no event file, CSV or JSON.
         ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
 
+    Warns:
+        UserWarning: naming the file and its bytes, where part of an event file cannot be read (a damaged record,
+            or one cut off by a crash); the values before it are returned.
+
     Example::
 
         >>> import tempfile
@@ -380,14 +387,32 @@ def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
 
 
 def _read_tensorboard(run_dir: Path) -> Series:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Every scalar in the run's event files, oldest file first; warns about bytes of a file that cannot be read.
 
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    A later value at the same step (a resumed run) replaces the earlier one.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.util import tensor_util
+
     series: Series = {}
-    for tag in accumulator.Tags().get("scalars", []):
-        # A later event at the same step (a resumed run) replaces the earlier one.
-        series[tag] = {event.step: event.value for event in accumulator.Scalars(tag)}
+    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
+        read = 0
+        for record in RawEventFileLoader(str(path)).Load():  # stops at the first damaged or cut-off record
+            read += len(record) + RECORD_FRAMING
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    series.setdefault(value.tag, {})[event.step] = value.simple_value
+                elif value.metadata.plugin_data.plugin_name == "scalars":
+                    series.setdefault(value.tag, {})[event.step] = tensor_util.make_ndarray(value.tensor).item()
+        size = path.stat().st_size
+        if read < size:
+            warnings.warn(
+                f"{path}: bytes {read} to {size} could not be read (a damaged or cut-off record, for example "
+                "after a crash); values written there are missing",
+                stacklevel=3,
+            )
     return series
 
 

@@ -19,6 +19,7 @@ from lightning_rwc.blocks import find_blocks
 from lightning_rwc.keys import ALL_KEY, CLUSTER_RUN_DIR, DEFAULT_PREFIX, cluster_prefix
 
 if TYPE_CHECKING:
+    from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard import SummaryWriter
 
     from lightning_rwc.clustering import ClusterResult
@@ -192,12 +193,13 @@ def recover_dir(target: Path) -> None:
         old.rename(target)
 
 
-def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> bool:
+def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int, head: str = "") -> bool:
     """Write ``values`` as scalars at ``step`` in **one** event (one ``Summary`` holding every value).
 
     ``SummaryWriter.add_scalar`` makes one event per value, which costs about 0.1 ms each; readers (TensorBoard,
-    :func:`~lightning_rwc.history.load_history`) see the same tags, steps and values either way. Nothing is written
-    if the writer was closed (its ``file_writer`` is gone).
+    :func:`~lightning_rwc.history.load_history`) see the same tags, steps and values either way. Each tag is ``head``
+    followed by the key (see :func:`log_and_find_head`). Nothing is written if the writer was closed (its
+    ``file_writer`` is gone).
 
     Returns:
         Whether the values were written.
@@ -215,6 +217,40 @@ def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int)
 
     if writer.file_writer is None:
         return False
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+    summary = Summary(value=[Summary.Value(tag=head + tag, simple_value=value) for tag, value in values.items()])
     writer.file_writer.add_summary(summary, global_step=step)
     return True
+
+
+def log_and_find_head(logger: TensorBoardLogger, values: Mapping[str, float], step: int) -> str | None:
+    """Log ``values`` through ``logger.log_metrics`` and return the text its tags put before each key.
+
+    A logger may rename keys: ``TensorBoardLogger(prefix="train")`` writes ``rwc/fc.weight`` as
+    ``train-rwc/fc.weight``. The tags one real call hands to its writer show the naming without reading the
+    logger's settings, so that :func:`write_scalars` can then write the same tags. ``None`` when the tags are not
+    the keys behind one common head (values must then go through ``log_metrics``).
+
+    Example::
+
+        >>> import tempfile
+        >>> from lightning.pytorch.loggers import TensorBoardLogger
+        >>> logger = TensorBoardLogger(tempfile.mkdtemp(), prefix="train")
+        >>> log_and_find_head(logger, {"rwc/fc.weight": 0.5, "rwc/_all": 0.25}, step=3)
+        'train-'
+    """
+    writer, tags = logger.experiment, []
+    add_scalar = writer.add_scalar
+
+    def record(tag: str, *args: object, **kwargs: object) -> None:
+        tags.append(tag)
+        add_scalar(tag, *args, **kwargs)
+
+    writer.add_scalar = record  # on this instance only, for the one call below
+    try:
+        logger.log_metrics(dict(values), step=step)
+    finally:
+        del writer.add_scalar
+    if len(tags) != len(values):
+        return None
+    heads = {tag[: len(tag) - len(key)] if tag.endswith(key) else None for tag, key in zip(tags, values, strict=True)}
+    return heads.pop() if len(heads) == 1 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,16 +138,59 @@ def test_csv_logger_receives_the_same_values(tmp_path):
             assert float(row[f"rwc/{name}"]) == pytest.approx(rwc.history.values[i, j], rel=1e-6)
 
 
-def test_several_loggers_receive_the_same_values(tmp_path):
-    rwc = RelativeWeightChange()
-    tb, csv_logger = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
+def fit_logging_to_tensorboard_and_csv(tmp_path, rwc: RelativeWeightChange, prefix: str = ""):
+    """Fit with a TensorBoardLogger and a CSVLogger; the scalars and the CSV rows of RWC values read back."""
+    tb = TensorBoardLogger(tmp_path, name="tb", prefix=prefix)
+    csv_logger = CSVLogger(tmp_path, name="csv", prefix=prefix)
     trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=[tb, csv_logger], **fit_kwargs())
     trainer.fit(make_tiny_module(), tiny_loader())
     tb.experiment.flush()
-    scalars, _ = read_scalars(tb.log_dir)
+    scalars, acc = read_scalars(tb.log_dir)
     with open(f"{csv_logger.log_dir}/metrics.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("rwc/_all")]
+        rows = [row for row in csv.DictReader(handle) if row.get(f"{prefix}-rwc/_all" if prefix else "rwc/_all")]
+    return scalars, acc, rows, tb.log_dir
+
+
+def test_several_loggers_receive_the_same_values(tmp_path):
+    rwc = RelativeWeightChange()
+    scalars, _, rows, _ = fit_logging_to_tensorboard_and_csv(tmp_path, rwc)
     assert [float(r["rwc/_all"]) for r in rows] == pytest.approx([scalars["rwc/_all"][s] for s in rwc.history.steps])
+
+
+def test_a_logger_prefix_names_the_tensorboard_tags_as_lightning_names_every_logger_key(tmp_path):
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2)
+    scalars, acc, rows, log_dir = fit_logging_to_tensorboard_and_csv(tmp_path, rwc, prefix="train")
+    csv_keys = {key for key in rows[0] if key.startswith("train-")}
+    health = {f"train-rwc_health/{kind}_layers" for kind in ("dead", "runaway")}
+    assert csv_keys == {f"train-rwc/{name}" for name in [*TRACKED, "_all"]} | health
+    assert {tag for tag in scalars if "rwc" in tag} == csv_keys
+    for key in csv_keys:
+        assert sorted(scalars[key]) == [int(row["step"]) for row in rows] == rwc.history.steps
+        assert [scalars[key][int(row["step"])] for row in rows] == pytest.approx([float(row[key]) for row in rows])
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    patterns = [tag for chart in layout.category[0].chart for tag in chart.multiline.tag]
+    assert all(any(re.match(pattern, tag) for tag in csv_keys) for pattern in patterns[:-1])  # last: live clusters
+    assert load_history(log_dir, prefix="train-rwc").values == pytest.approx(rwc.history.values)
+
+
+class UpperCaseLogger(TensorBoardLogger):
+    """Names its tags in a way that is not a prefix: the callback must then leave the naming to it."""
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics({key.upper(): value for key, value in metrics.items()}, step)
+
+
+def test_a_logger_that_renames_keys_otherwise_receives_every_measurement_through_log_metrics(tmp_path):
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2, check_health=False)
+    logger = UpperCaseLogger(tmp_path)
+    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=logger, **fit_kwargs())
+    trainer.fit(make_tiny_module(), tiny_loader())
+    logger.experiment.flush()
+    scalars, _ = read_scalars(logger.log_dir)
+    assert {tag for tag in scalars if "RWC" in tag.upper()} == {f"rwc/{name}".upper() for name in [*TRACKED, "_all"]}
+    for j, step in enumerate(rwc.history.steps):
+        assert scalars["RWC/_ALL"][step] == pytest.approx(rwc.history.total[j], rel=1e-6)
 
 
 def test_without_logger_it_measures_keeps_history_and_warns_once(tmp_path):

@@ -264,6 +264,22 @@ def test_outputs_moved_aside_by_a_killed_run_are_put_back(planted_run, tmp_path,
     assert (run / "rwc_clusters").is_dir() and not (run / ".rwc_clusters.old").exists()
 
 
+def test_a_run_with_a_cut_off_event_file_is_clustered_with_one_warning_line_naming_the_file(
+    planted_run, tmp_path, capsys
+):
+    import shutil
+
+    run = tmp_path / "version_0"
+    shutil.copytree(planted_run[0], run, ignore=shutil.ignore_patterns("rwc_clusters*"))
+    (path,) = run.glob("events.out.tfevents.*")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4 + 5])  # a crash in the middle of a write
+    capsys.readouterr()
+    assert main(["cluster", str(run), "--no-plots"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: {path}: bytes ") and "could not be read" in err[0]
+
+
 def test_an_unwritable_place_for_the_outputs_is_a_clear_error(planted_run, tmp_path, capsys):
     import shutil
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -66,6 +68,43 @@ def test_tensorboard_runs_are_read_completely_and_aligned_on_steps(tmp_path):
     assert history.steps == steps
     np.testing.assert_allclose(history.values, values.astype(np.float32), equal_nan=True)
     assert history.total[0] == pytest.approx(1.0)  # only a measured at step 0
+
+
+def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
+    """Every scalar of a run as TensorBoard's own reader sees it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("damage", ["cut off", "corrupt record"])
+def test_a_damaged_event_file_gives_what_tensorboard_reads_and_warns_which_bytes_are_lost(tmp_path, damage):
+    values = np.vstack([np.linspace(1, 2, 40), np.linspace(3, 4, 40)])
+    steps = write_tensorboard_run(tmp_path, ["a", "b"], values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact file: no warning
+        assert load_history(tmp_path).steps == steps
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    if damage == "cut off":
+        del data[at:]
+    else:
+        data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: bytes (\d+) to {len(data)} could not be read") as w:
+        history = load_history(tmp_path)
+    first_lost = int(re.search(r"bytes (\d+) to", str(w[0].message)).group(1))
+    assert first_lost <= at < first_lost + 100  # the record that holds the damage: records here are < 100 bytes
+    reference = tensorboard_scalars(tmp_path)
+    assert 0 < len(history.steps) < len(steps)
+    assert history.steps == sorted({step for tag in ("rwc/a", "rwc/b") for step in reference[tag]})
+    for i, name in enumerate(history.layers):
+        expected = [reference[f"rwc/{name}"].get(step, np.nan) for step in history.steps]
+        np.testing.assert_array_equal(history.values[i], expected)
 
 
 def test_csv_in_the_csv_logger_format_is_read(tmp_path):
