@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -390,20 +389,21 @@ def summarise(names: Sequence[str], depths: Sequence[int], labels: np.ndarray, r
     summaries = []
     for cid in sorted(set(labels.tolist()) - {-1}):
         rows = np.flatnonzero(labels == cid)
-        block = raw[rows]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # steps where a cluster has no finite value
-            summaries.append(
-                ClusterSummary(
-                    cluster_id=int(cid),
-                    members=[names[r] for r in rows],
-                    depth_range=(int(depths[rows[0]]), int(depths[rows[-1]])),
-                    mean=np.nanmean(block, axis=0),
-                    lower=np.nanpercentile(block, 25, axis=0),
-                    upper=np.nanpercentile(block, 75, axis=0),
-                )
-            )
+        mean, lower, upper = _column_statistics(raw[rows])
+        members, depth_range = [names[r] for r in rows], (int(depths[rows[0]]), int(depths[rows[-1]]))
+        summaries.append(ClusterSummary(int(cid), members, depth_range, mean, lower, upper))
     return summaries
+
+
+def _column_statistics(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, first and third quartile of each column without its ``nan`` values (``nan`` where all are)."""
+    stats = np.full((3, block.shape[1]), np.nan)
+    measured = ~np.isnan(block).all(axis=0)  # all-nan columns are left out rather than warned about
+    if measured.any():
+        with np.errstate(invalid="ignore"):  # inf - inf in a mean is nan, as it should be
+            stats[0, measured] = np.nanmean(block[:, measured], axis=0)
+            stats[1:, measured] = np.nanpercentile(block[:, measured], [25, 75], axis=0)
+    return stats[0], stats[1], stats[2]
 
 
 def match_labels(names: Sequence[str], labels: np.ndarray, previous: dict[str, int], next_id: int = 0) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import planted_curves
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import adjusted_rand_score
 
-from lightning_rwc.clustering import cluster_layers, match_labels, prepare_curves
+from lightning_rwc.clustering import cluster_layers, match_labels, prepare_curves, summarise
 from lightning_rwc.history import RWCHistory
 
 
@@ -70,6 +72,20 @@ def test_summaries_are_mean_and_quartiles_of_the_members():
     assert [s.cluster_id for s in result.summaries] == [0, 1, 2, 3]
     firsts = [min(result.depth[n] for n in s.members) for s in result.summaries]
     assert firsts == sorted(firsts)  # ids follow depth
+
+
+def test_summaries_skip_missing_values_and_leave_steps_no_member_measured_missing_without_warning():
+    raw = np.array([[1.0, np.nan, 2.0, 8.0], [3.0, np.nan, np.nan, 4.0], [5.0, np.nan, 6.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (summary,) = summarise(["a", "b", "c"], [0, 1, 2], np.zeros(3, dtype=int), raw)
+    columns = [[1.0, 3.0, 5.0], [], [2.0, 6.0], [8.0, 4.0, 0.0]]  # the measured values of each step
+    for got, statistic in (
+        (summary.mean, np.mean),
+        (summary.lower, lambda column: np.percentile(column, 25)),
+        (summary.upper, lambda column: np.percentile(column, 75)),
+    ):
+        np.testing.assert_array_equal(got, [statistic(column) if column else np.nan for column in columns])
 
 
 def test_feature_rule_excludes_fills_and_floors():
