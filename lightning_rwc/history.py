@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -363,9 +364,9 @@ Series = dict[str, dict[int, float]]
 
 
 def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
-    """Align ``{tag: {step: value}}`` on the union of steps of the ``{prefix}/`` tags."""
+    """Align ``{tag: {step: value}}`` on the union of steps of the ``{prefix}/`` tags, layers in ``series`` order."""
     head = f"{prefix}/"
-    tags = sorted(tag for tag in series if tag.startswith(head))
+    tags = [tag for tag in series if tag.startswith(head)]
     if not tags:
         prefixes = sorted({tag.split("/", 1)[0] for tag in series if "/" in tag})
         raise ValueError(
@@ -428,10 +429,26 @@ def _read_json(path: Path) -> RWCHistory:
 
 
 def _read_csv(path: Path) -> Series:
+    """The columns of a CSV file in name order with numbers compared as numbers (``h.2`` before ``h.10``).
+
+    Lightning's ``CSVLogger`` sorts its columns, so the model's order is lost; this is the closest to it.
+    """
     try:
-        return _parse_csv(path)
+        series = _parse_csv(path)
     except (csv.Error, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable CSV file: {err}") from err
+    return {key: series[key] for key in sorted(series, key=_natural_key)}
+
+
+def _natural_key(name: str) -> list[str | int]:
+    """``name`` cut into text and numbers, so that numbers compare as numbers.
+
+    Example::
+
+        >>> sorted(["h.10.w", "h.2.w", "fc"], key=_natural_key)
+        ['fc', 'h.2.w', 'h.10.w']
+    """
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def _parse_csv(path: Path) -> Series:

@@ -123,6 +123,27 @@ def test_csv_in_the_csv_logger_format_is_read(tmp_path):
     np.testing.assert_array_equal(history.total, [0.5, 0.2])
 
 
+GPT_ORDER = ["wte.weight", *(f"h.{i}.attn.weight" for i in range(12)), "ln_f.weight"]  # the model's order
+
+
+def test_layers_read_from_event_files_keep_the_models_order(tmp_path):
+    write_tensorboard_run(tmp_path, GPT_ORDER, np.linspace(1, 2, 3 * len(GPT_ORDER)).reshape(-1, 3))
+    assert load_history(tmp_path).layers == GPT_ORDER
+
+
+def test_layers_read_from_a_csv_log_are_in_name_order_with_numbers_compared_as_numbers(tmp_path):
+    path = tmp_path / "metrics.csv"
+    columns = sorted(f"rwc/{name}" for name in GPT_ORDER)  # as Lightning's CSVLogger writes them
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *columns])
+        writer.writerow([1, *range(len(columns))])
+    expected = [f"h.{i}.attn.weight" for i in range(12)] + ["ln_f.weight", "wte.weight"]
+    history = load_history(path)
+    assert history.layers == expected
+    assert history.values[:, 0].tolist() == [columns.index(f"rwc/{name}") for name in expected]
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_history(tmp_path / "nope")
