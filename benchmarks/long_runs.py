@@ -4,15 +4,18 @@ The measurements go through the callback's own path (collected, appended to the 
 health check and to ``callback_metrics``), without a model: each one is a known set of values. Then:
 
 - the memory the callback holds, its checkpoint state's size once saved, and the time of ``state_dict()``;
-- clustering planted families of curves from the bounded history against the full one (adjusted Rand index).
+- clustering planted families of curves from the bounded history against the full one (adjusted Rand index);
+- reading every measurement of a run back: from its event files against its values file.
 """
 
 from __future__ import annotations
 
 import io
 import statistics
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 
 from lightning_rwc import RelativeWeightChange
 from lightning_rwc.clustering import cluster_layers
-from lightning_rwc.history import RWCHistory
+from lightning_rwc.history import RWCHistory, load_history
 from lightning_rwc.measure import Measurement
 
 
@@ -88,3 +91,50 @@ def bench_bounded_clustering(smoke: bool) -> list[dict]:
         rows_out.append({"history": name, "measurements kept": len(history), "clusters": result.n_clusters, "ARI": ari})
     rows_out[1]["ARI - full ARI (>= -0.05)"] = rows_out[1]["ARI"] - rows_out[0]["ARI"]
     return rows_out
+
+
+def bench_reading(smoke: bool) -> list[dict]:
+    """Write one run's measurements both ways (one event each, as the callback does; the values file), read back."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_rwc.tensorboard import write_scalars
+    from lightning_rwc.values_file import ValuesWriter
+
+    tensors, measurements = (100, 200) if smoke else (1000, 5000)
+    names = [f"h.{i // 8}.layer{i % 8}.weight" for i in range(tensors)]
+    rng = np.random.default_rng(0)
+    columns = [dict(zip(names, rng.lognormal(-5, 1, tensors).tolist(), strict=True)) for _ in range(8)]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        events, values = f"{folder}/events", f"{folder}/rwc_values"
+        keys = [f"rwc/{name}" for name in [*names, "_all"]]
+        written = {}
+        start = time.perf_counter()  # each way in a loop of its own: TensorBoard's writer thread competes for the GIL
+        appender = ValuesWriter(values)
+        for step in range(1, measurements + 1):
+            appender.append(step, 0, columns[step % 8] | {"_all": 0.01})
+        appender.close()
+        written["values file"] = time.perf_counter() - start
+        start = time.perf_counter()
+        writer = SummaryWriter(events)
+        for step in range(1, measurements + 1):
+            write_scalars(writer, dict(zip(keys, (columns[step % 8] | {"_all": 0.01}).values(), strict=True)), step)
+        writer.close()  # until every event is written
+        written["event files"] = time.perf_counter() - start
+        for source, path in (("event files", events), ("values file", values)):
+            start = time.perf_counter()
+            history = load_history(path)
+            seconds = time.perf_counter() - start
+            assert history.values.shape == (tensors, measurements)
+            size = sum(p.stat().st_size for p in Path(path).iterdir())
+            rows.append(
+                {
+                    "source": source,
+                    "values": tensors * measurements,
+                    "MB on disk": size / 1e6,
+                    "write us / measurement": written[source] / measurements * 1e6,
+                    "load_history s": seconds,
+                }
+            )
+    rows[1]["faster to read"] = rows[0]["load_history s"] / rows[1]["load_history s"]
+    return rows

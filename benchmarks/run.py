@@ -14,7 +14,8 @@ Every ratio is measured side by side in one process:
    trained with no monitoring, the bare tracker and the callback, and on CUDA GPT-2 1.5B's weights against the copy
    and PCIe bounds;
 7. long runs (:mod:`benchmarks.long_runs`): the callback's memory and checkpoint after 100,000 measurements of
-   1,000 tensors, and clustering from its bounded history against the full one.
+   1,000 tensors, clustering from its bounded history against the full one, and reading a run back from its event
+   files against its values file.
 
 With ``--profile`` the report also holds, per model, the operations that take the most time in ``tracker.step()``
 (PyTorch's profiler; device time on CUDA), to say which one dominates when a target is missed.
@@ -333,6 +334,8 @@ def main() -> None:
         parts += [
             "## Long runs: clustering from the bounded history",
             table(long_runs.bench_bounded_clustering(args.smoke)),
+            "## Long runs: reading every measurement back",
+            table(long_runs.bench_reading(args.smoke)),
         ]
     if "large" not in args.skip and device.type == "cuda":
         title, rows = every_step.bench_large(device, repeats)

@@ -76,13 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lightning_rwc.history import EVENT_FILE_MARKER, find_runs
+    from lightning_rwc.history import find_runs, is_run
     from lightning_rwc.pipeline import cluster_run
 
     path = Path(args.path)
     try:
-        is_run = path.is_file() or any(EVENT_FILE_MARKER in p.name or p.name == "metrics.csv" for p in path.iterdir())
-        runs = [path] if is_run else find_runs(path, exclude_dirs=[CLUSTER_RUN_DIR])
+        runs = [path] if path.is_file() or is_run(path) else find_runs(path, exclude_dirs=[CLUSTER_RUN_DIR])
     except (FileNotFoundError, NotADirectoryError):
         print(f"error: {path} does not exist; pass a run directory such as lightning_logs/version_0", file=sys.stderr)
         return 2

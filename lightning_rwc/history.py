@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_rwc.keys import ALL_KEY
+from lightning_rwc.keys import ALL_KEY, VALUES_SUFFIX, values_folder
 
 FORMAT_VERSION = 1
 EVENT_FILE_MARKER = "tfevents"
@@ -240,10 +240,12 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
     """Read the RWC history of one run.
 
     Args:
-        path: a run directory with TensorBoard event files (every scalar is read, not a sample) or a Lightning
-            ``CSVLogger`` directory holding ``metrics.csv``; a CSV file with a ``step`` column and one
-            ``{prefix}/{layer}`` column per layer (optionally ``epoch`` and ``{prefix}/_all``); or a JSON file
-            written by :meth:`RWCHistory.save`.
+        path: a run directory: its values file (``{prefix}_values``, written with
+            ``RelativeWeightChange(write_values=True)``: see :mod:`lightning_rwc.values_file`) if it has one, else
+            its TensorBoard event files (every scalar is read, not a sample) or Lightning ``CSVLogger``'s
+            ``metrics.csv``; a values file folder; a CSV file with a ``step`` column and one ``{prefix}/{layer}``
+            column per layer (optionally ``epoch`` and ``{prefix}/_all``); or a JSON file written by
+            :meth:`RWCHistory.save`.
         prefix: the tag prefix the callback logged under.
 
     Raises:
@@ -251,8 +253,8 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
 
     Warns:
-        UserWarning: naming the file and its bytes, where part of an event file cannot be read (a damaged record,
-            or one cut off by a crash); the values before it are returned.
+        UserWarning: naming the file and its bytes, where part of an event file or values file cannot be read (a
+            damaged record, or one cut off by a crash); the values before it are returned.
 
     Example::
 
@@ -262,9 +264,14 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         >>> load_history(path).values.tolist()
         [[0.5, 0.25]]
     """
+    from lightning_rwc.values_file import has_values, read_values
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: pass a run directory, a metrics CSV or a history JSON file")
+    for folder in (path / values_folder(prefix), path):
+        if has_values(folder):
+            return read_values(folder)
     if path.is_file():
         if path.suffix == ".json":
             return _read_json(path)
@@ -284,7 +291,7 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
 
 
 def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list[Path]:
-    """Every directory at or below ``root`` that holds TensorBoard event files or a ``metrics.csv``, sorted.
+    """Every directory at or below ``root`` that holds a run (see :func:`is_run`), sorted.
 
     Hidden directories and those named in ``exclude_dirs`` (for example the cluster runs this package writes) are
     not entered.
@@ -304,9 +311,22 @@ def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list
     runs = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if d not in skip and not d.startswith("."))
-        if any(EVENT_FILE_MARKER in f for f in files) or "metrics.csv" in files:
+        if is_run(Path(directory), files):
             runs.append(Path(directory))
     return sorted(runs)
+
+
+def is_run(directory: Path, files: Iterable[str] | None = None) -> bool:
+    """Whether ``directory`` holds a run: event files, a ``metrics.csv`` or a values file folder.
+
+    ``files``: the names of the files in ``directory``, where the caller has them.
+    """
+    from lightning_rwc.values_file import has_values
+
+    files = [p.name for p in directory.iterdir() if p.is_file()] if files is None else files
+    if any(EVENT_FILE_MARKER in name or name == "metrics.csv" for name in files):
+        return True
+    return any(has_values(child) for child in directory.glob(f"*{VALUES_SUFFIX}"))
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:

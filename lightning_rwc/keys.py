@@ -12,6 +12,9 @@ CLUSTER_RUN_DIR = "rwc_clusters"
 CLUSTER_JSON = "rwc_clusters.json"
 """Name of the cluster JSON file written beside a source run."""
 
+VALUES_SUFFIX = "_values"
+"""End of the name of a run's folder of values file segments: ``<prefix>_values`` (see :func:`values_folder`)."""
+
 
 def cluster_prefix(prefix: str = DEFAULT_PREFIX) -> str:
     """Prefix of the cluster tags of a run logged under ``prefix``: ``<prefix>_cluster/<id>/{mean,lower,upper}``.
@@ -44,3 +47,14 @@ def freeze_prefix(prefix: str = DEFAULT_PREFIX) -> str:
         'rwc_freeze'
     """
     return f"{prefix}_freeze"
+
+
+def values_folder(prefix: str = DEFAULT_PREFIX) -> str:
+    """Name of the folder, in the log directory, of the values file of a run logged under ``prefix``.
+
+    Example::
+
+        >>> values_folder()
+        'rwc_values'
+    """
+    return f"{prefix}{VALUES_SUFFIX}"

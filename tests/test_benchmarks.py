@@ -25,8 +25,10 @@ def test_benchmark_smoke_run_writes_every_table(tmp_path):
         "Clustering",
         "Logging one measurement to TensorBoard",
         "Monitoring every step in Trainer.fit",
+        "Long runs: reading every measurement back",
     ):
         assert heading in report
     assert "Self CPU" in report  # the profiler's own table
     assert "| resnet18 |" in report and "| 1000 | hdbscan |" in report
     assert "| callback every step, TensorBoard |" in report and "| one event (write_scalars) |" in report
+    assert "| values file | 20000 |" in report

@@ -523,7 +523,7 @@ class Interrupt(Callback):
             os.kill(os.getpid(), signal.{signal})
 
 loggers = [TensorBoardLogger({out!r}, name="run"), CSVLogger({out!r}, name="csv")]
-rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, flush_every_s={flush_every_s})
+rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, flush_every_s={flush_every_s}, write_values=True)
 trainer = Trainer(max_epochs=4, callbacks=[rwc, Interrupt()], logger=loggers, **fit_kwargs())
 try:
     trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
@@ -544,13 +544,15 @@ def run_interrupted(tmp_path, signal: str, flush_every_s: float, late: bool = Fa
     options = {"signal": signal, "flush_every_s": flush_every_s, "late": late}
     script.write_text(CRASH_SCRIPT.format(tests=tests, out=str(tmp_path), **options))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    return result, [load_history(tmp_path / name / "version_0") for name in ("run", "csv")]
+    run = tmp_path / "run" / "version_0"
+    (events,) = run.glob("events.out.tfevents.*")  # read alone: the run directory's values file would come first
+    return result, [load_history(source) for source in (events, tmp_path / "csv" / "version_0", run / "rwc_values")]
 
 
 def test_after_a_sigkill_every_measurement_older_than_the_flush_window_is_readable(tmp_path):
     result, histories = run_interrupted(tmp_path, "SIGKILL", flush_every_s=0.5)
     assert result.returncode == -9
-    for history in histories:  # TensorBoard's event file and the CSV file (which buffers rows until flushed)
+    for history in histories:  # TensorBoard's event file, the CSV file (which buffers rows until flushed), values file
         # Steps 1-6 were measured a second or more before the kill: on disk. Step 7, measured just before, may be.
         assert history.steps in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7])
         assert history.layers == TRACKED and not np.isnan(history.values).any()
