@@ -13,6 +13,7 @@ import math
 import os
 import re
 import warnings
+from array import array
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -380,30 +381,62 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)  # gone once replaced; a failed write leaves nothing behind
 
 
-Series = dict[str, dict[int, float]]
+class Series:
+    """Scalars as read, per tag in the order tags first appear: steps and values in arrays (16 bytes a value)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, tuple[array, array]] = {}
+
+    def add(self, tag: str, step: int, value: float) -> None:
+        """One value of ``tag`` at ``step``."""
+        column = self.columns.get(tag)
+        if column is None:
+            column = self.columns[tag] = (array("q"), array("d"))
+        column[0].append(step)
+        column[1].append(value)
+
+    def at(self, tag: str, steps: np.ndarray) -> np.ndarray:
+        """The values of ``tag`` at ``steps`` (sorted), ``nan`` where it has none; the last one written at a step."""
+        out = np.full(steps.size, np.nan)
+        if tag in self.columns:
+            written_steps, written_values = self.columns[tag]
+            written = np.frombuffer(written_steps, dtype=np.int64)
+            last = last_at_each_step(written)
+            out[np.searchsorted(steps, written[last])] = np.frombuffer(written_values)[last]
+        return out
+
+    def steps(self, tags: Iterable[str]) -> np.ndarray:
+        """Every step at which one of ``tags`` has a value, sorted."""
+        return np.unique(np.concatenate([np.frombuffer(self.columns[tag][0], dtype=np.int64) for tag in tags]))
+
+
+def last_at_each_step(steps: np.ndarray) -> np.ndarray:
+    """Where the last entry at each step is in ``steps`` (a later one at a step replaces an earlier one), by step.
+
+    Example::
+
+        >>> last_at_each_step(np.array([5, 3, 5, 7])).tolist()
+        [1, 2, 3]
+    """
+    _, from_end = np.unique(steps[::-1], return_index=True)
+    return steps.size - 1 - from_end
 
 
 def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
-    """Align ``{tag: {step: value}}`` on the union of steps of the ``{prefix}/`` tags, layers in ``series`` order."""
+    """Align the ``{prefix}/`` tags on the union of their steps, layers in the order the tags first appear."""
     head = f"{prefix}/"
-    tags = [tag for tag in series if tag.startswith(head)]
+    tags = [tag for tag in series.columns if tag.startswith(head)]
     if not tags:
-        prefixes = sorted({tag.split("/", 1)[0] for tag in series if "/" in tag})
+        prefixes = sorted({tag.split("/", 1)[0] for tag in series.columns if "/" in tag})
         raise ValueError(
             f"{source} has no '{head}' values. Tags with a prefix found there: {prefixes or 'none'}. "
             f"Was the run trained with RelativeWeightChange (log_prefix={prefix!r})? Otherwise pass --prefix."
         )
-    steps = sorted({step for tag in tags for step in series[tag]})
-    index = {step: j for j, step in enumerate(steps)}
+    steps = series.steps(tags)
     layer_tags = [tag for tag in tags if tag != head + ALL_KEY]
-    values = np.full((len(layer_tags), len(steps)), np.nan)
-    for i, tag in enumerate(layer_tags):
-        for step, value in series[tag].items():
-            values[i, index[step]] = value
-    epoch_of = series.get("epoch", {})
-    epochs = [int(epoch_of.get(step, -1)) for step in steps]
-    all_series = series.get(head + ALL_KEY, {})
-    total = [all_series.get(step, math.nan) for step in steps]
+    values = np.array([series.at(tag, steps) for tag in layer_tags]).reshape(len(layer_tags), steps.size)
+    epochs = np.nan_to_num(series.at("epoch", steps), nan=-1)
+    total = series.at(head + ALL_KEY, steps)
     return RWCHistory.from_arrays([tag[len(head) :] for tag in layer_tags], steps, values, epochs, total)
 
 
@@ -416,7 +449,7 @@ def _read_tensorboard(run_dir: Path) -> Series:
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.util import tensor_util
 
-    series: Series = {}
+    series = Series()
     for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
         read = 0
         for record in RawEventFileLoader(str(path)).Load():  # stops at the first damaged or cut-off record
@@ -424,9 +457,9 @@ def _read_tensorboard(run_dir: Path) -> Series:
             event = Event.FromString(record)
             for value in event.summary.value:
                 if value.HasField("simple_value"):
-                    series.setdefault(value.tag, {})[event.step] = value.simple_value
+                    series.add(value.tag, event.step, value.simple_value)
                 elif value.metadata.plugin_data.plugin_name == "scalars":
-                    series.setdefault(value.tag, {})[event.step] = tensor_util.make_ndarray(value.tensor).item()
+                    series.add(value.tag, event.step, tensor_util.make_ndarray(value.tensor).item())
         size = path.stat().st_size
         if read < size:
             warnings.warn(
@@ -457,7 +490,8 @@ def _read_csv(path: Path) -> Series:
         series = _parse_csv(path)
     except (csv.Error, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable CSV file: {err}") from err
-    return {key: series[key] for key in sorted(series, key=_natural_key)}
+    series.columns = {key: series.columns[key] for key in sorted(series.columns, key=_natural_key)}
+    return series
 
 
 def _natural_key(name: str) -> list[str | int]:
@@ -476,16 +510,18 @@ def _parse_csv(path: Path) -> Series:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "step" not in reader.fieldnames:
             raise ValueError(f"{path} has no 'step' column; expected the CSVLogger's metrics.csv format")
-        series: Series = {}
+        series = Series()
         for line, row in enumerate(reader, start=2):
             try:
                 step = int(float(row["step"]))
             except (TypeError, ValueError, OverflowError) as err:
                 raise ValueError(f"{path}, line {line}: step {row['step']!r} is not a number") from err
+            if not -(2**63) <= step < 2**63:
+                raise ValueError(f"{path}, line {line}: step {row['step']!r} is out of range")
             for key, cell in row.items():
                 if key not in (None, "step") and cell not in (None, ""):
                     try:
-                        series.setdefault(key, {})[step] = float(cell)
+                        series.add(key, step, float(cell))
                     except ValueError as err:
                         raise ValueError(f"{path}, line {line}: {key} = {cell!r} is not a number") from err
     return series

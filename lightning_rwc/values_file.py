@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_rwc.history import RWCHistory, write_json
+from lightning_rwc.history import RWCHistory, last_at_each_step, write_json
 from lightning_rwc.keys import ALL_KEY
 
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def read_values(directory: str | os.PathLike) -> RWCHistory:
     values = np.full((len(position), steps.size), np.nan)
     epochs, total = np.full(steps.size, -1), np.full(steps.size, np.nan)
     for index, rows in parts:  # in the order written: a later row at a step replaces an earlier one
-        rows = _last_at_each_step(rows)
+        rows = rows[last_at_each_step(rows["step"])]
         columns = np.searchsorted(steps, rows["step"])
         values[np.ix_(index, columns)] = rows["values"].T
         epochs[columns], total[columns] = rows["epoch"], rows["total"]
@@ -153,9 +153,3 @@ def _rows_of(path: Path, row: np.dtype) -> np.ndarray:
             stacklevel=3,
         )
     return np.fromfile(path, dtype=row, count=count) if count else np.zeros(0, dtype=row)
-
-
-def _last_at_each_step(rows: np.ndarray) -> np.ndarray:
-    """``rows`` without those that a later row at the same step replaces, in the order written."""
-    _, last_from_end = np.unique(rows["step"][::-1], return_index=True)
-    return rows[np.sort(rows.size - 1 - last_from_end)]

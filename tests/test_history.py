@@ -107,6 +107,22 @@ def test_a_damaged_event_file_gives_what_tensorboard_reads_and_warns_which_bytes
         np.testing.assert_array_equal(history.values[i], expected)
 
 
+def test_a_resumed_run_s_later_values_replace_the_earlier_ones_at_the_same_steps(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for values, steps in (([1.0, 2.0, 3.0, 4.0], [1, 2, 3, 4]), ([30.0, 40.0, 50.0], [3, 4, 5])):  # resumed at 2
+        writer = SummaryWriter(str(tmp_path))
+        for value, step in zip(values, steps, strict=True):
+            writer.add_scalar("rwc/a", value, step)
+        writer.close()
+    (tmp_path / "metrics.csv").write_text("step,rwc/a\n1,1\n2,2\n3,3\n3,30\n")
+    for source in (tmp_path, tmp_path / "metrics.csv"):
+        history = load_history(source)
+        expected = [1.0, 2.0, 30.0, 40.0, 50.0] if source == tmp_path else [1.0, 2.0, 30.0]
+        assert history.steps == list(range(1, len(expected) + 1))
+        assert history.values[0].tolist() == expected
+
+
 def test_csv_in_the_csv_logger_format_is_read(tmp_path):
     path = tmp_path / "metrics.csv"
     with open(path, "w", newline="") as handle:
@@ -173,6 +189,9 @@ def test_bad_csv_is_a_clear_error(tmp_path):
     (tmp_path / "c.txt").write_text("")
     with pytest.raises(FileNotFoundError, match="not a TensorBoard event file"):
         load_history(tmp_path / "c.txt")
+    (tmp_path / "d.csv").write_text("step,rwc/a\n1e30,0.5\n")
+    with pytest.raises(ValueError, match="line 2: step '1e30' is out of range"):
+        load_history(tmp_path / "d.csv")
 
 
 def test_find_runs_skips_hidden_and_excluded_directories(tmp_path):
