@@ -177,6 +177,29 @@ def write_events(run, scalars, damage: int) -> None:
         path.write_bytes(data[:50] + bytes(reversed(data[50:90])) + data[90:])  # a corrupt record
 
 
+def write_values_file(run, data) -> None:
+    """One to three segments (as resumed runs make) of random layers and values, then perhaps damage."""
+    from lightning_rwc.values_file import ValuesWriter
+
+    folder = run / "rwc_values"
+    values = st.one_of(st.floats(1e-6, 1), st.sampled_from([0.0, float("nan"), float("inf"), 1e300]))
+    for _ in range(data.draw(st.integers(1, 3))):
+        names = data.draw(st.lists(NAMES, max_size=4, unique=True))
+        writer = ValuesWriter(folder)
+        for step in data.draw(st.lists(st.integers(0, 6), min_size=1, max_size=6)):
+            writer.append(step, 0, {name: data.draw(values) for name in [*names, "_all"]})
+        writer.close()
+    segment = data.draw(st.sampled_from(sorted(folder.glob("*.json"))))
+    damage = data.draw(st.integers(0, 3))
+    if damage == 1:
+        data_file = segment.with_suffix(".bin")
+        data_file.write_bytes(data_file.read_bytes()[: data.draw(st.integers(0, 30))])  # cut off
+    elif damage == 2:
+        segment.write_text(data.draw(st.sampled_from(["{", '{"format": 1}', '{"format": 2, "layers": []}', "[]"])))
+    elif damage == 3:
+        segment.with_suffix(".bin").unlink()
+
+
 def earlier_outputs(run) -> dict[str, bytes]:
     """Outputs of an earlier clustering of this run, to be found intact after a failing one."""
     (run / "rwc_clusters").mkdir()
@@ -190,7 +213,7 @@ def earlier_outputs(run) -> dict[str, bytes]:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # capsys is read every time
 )
-@given(kind=st.sampled_from(["csv", "json", "events"]), data=st.data())
+@given(kind=st.sampled_from(["csv", "json", "events", "values"]), data=st.data())
 def test_generated_bad_runs_cluster_or_fail_with_one_clear_line(kind, data, capsys):
     import tempfile
     from pathlib import Path
@@ -200,6 +223,9 @@ def test_generated_bad_runs_cluster_or_fail_with_one_clear_line(kind, data, caps
         run.mkdir()
         if kind == "events":
             write_events(run, data.draw(event_runs()), data.draw(st.integers(0, 2)))
+            target = run
+        elif kind == "values":
+            write_values_file(run, data)
             target = run
         else:
             target = run / ("metrics.csv" if kind == "csv" else "history.json")
