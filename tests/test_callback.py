@@ -624,3 +624,30 @@ def test_a_checkpointed_baseline_that_does_not_fit_the_model_warns_and_starts_ag
     with pytest.warns(UserWarning, match="baseline does not fit this model .*shape"):
         trainer.fit(make_tiny_module(), tiny_loader())
     assert rwc.history.steps == [8] and not np.isnan(rwc.history.values).any()
+
+
+def test_a_checkpoint_written_before_the_callback_had_parts_resumes_exactly(tmp_path):
+    """``tests/data/rwc-checkpoint-v2.ckpt``: saved at step 10 of a run measuring every 3 steps (see its script)."""
+    from lightning_rwc import LayerFreezer
+
+    path = Path(__file__).parent / "data" / "rwc-checkpoint-v2.ckpt"
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=3)
+    freezer = LayerFreezer(mode="suggest", warmup=0, patience=1)
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    baseline = {name: tensor.double() for name, tensor in saved[rwc.state_key]["snapshot"].items()}
+    recorder = WeightRecorder()
+    trainer = Trainer(max_steps=16, callbacks=[rwc, freezer, recorder], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="no logger"):
+        trainer.fit(make_tiny_module(), tiny_loader(), ckpt_path=path)
+    old = saved[rwc.state_key]["history"]
+    assert rwc.history.steps == [3, 6, 9, 12, 15]
+    np.testing.assert_array_equal(rwc.history.values[:, :3], old["values"].numpy())
+    # The first measurement after the resume is against the baseline the checkpoint held (the weights at step 9).
+    expected = [
+        reference_rwc(baseline, recorder.by_step[12], "l1"),
+        reference_rwc(*map(recorder.by_step.get, (12, 15)), "l1"),
+    ]
+    for column, reference in zip((3, 4), expected, strict=True):
+        for i, name in enumerate(TRACKED):
+            assert rwc.history.values[i, column] == pytest.approx(reference[name], rel=1e-6)
+    assert freezer.state_dict()["measurements"] == saved[freezer.state_key]["measurements"] + 2
