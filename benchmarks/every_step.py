@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch import Callback
 
 from benchmarks.gpt import GPT, SIZES, language_model, token_batches
+from benchmarks.timing import interleaved
 from lightning_rwc.measure import WeightChangeTracker, select_parameters
 
 
@@ -204,8 +205,6 @@ def _time_hook(callback: Any, record: list[tuple[float, float]], measuring: _Mea
 
 def bench_large(device: torch.device, repeats: int) -> tuple[str, list[dict]]:
     """GPT-2 1.5B on CUDA: the tracker against the copy bound, the host snapshot against the PCIe bound."""
-    from benchmarks.run import interleaved
-
     model = GPT(SIZES["gpt2-1.5b"]).to(device)
     params = [p.detach() for _, p in select_parameters(model, "trainable")]
     tracked = sum(p.numel() * p.element_size() for p in params)

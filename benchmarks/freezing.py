@@ -50,6 +50,7 @@ from lightning_rwc.demo import (
     resnet18_for_small_grey_images,
 )
 from lightning_rwc.measure import select_parameters
+from lightning_rwc.parts import History, Loggers
 
 CONTENDERS = ("none", "FreezeOut", "AutoFreeze", "LayerFreezer")
 
@@ -161,7 +162,7 @@ def contender(name: str, steps_per_epoch: int, **settings: Any) -> tuple[list[Ca
         return [gradients], gradients
     if name == "LayerFreezer":
         every = max(steps_per_epoch // 4, 1)
-        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=every, check_health=False)
+        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=every, parts=[History(), Loggers()])
         freezer = LayerFreezer(**settings)
         return [rwc, freezer], freezer
     return [], None

@@ -23,8 +23,9 @@ import torch
 
 from lightning_rwc import RelativeWeightChange
 from lightning_rwc.clustering import cluster_layers
-from lightning_rwc.history import RWCHistory, load_history
+from lightning_rwc.history import RWCHistory
 from lightning_rwc.measure import Measurement
+from lightning_rwc.runs import load_history
 
 
 def bench_history(smoke: bool) -> list[dict]:
@@ -40,8 +41,7 @@ def bench_history(smoke: bool) -> list[dict]:
     for step in range(1, measurements + 1):
         values = dict(zip(names, (base / step**0.5).tolist(), strict=True)) | {"_all": 0.01 / step**0.5}
         rwc._in_flight.append((step, step // 1000, Measurement.of(values)))
-        rwc._collect(wait=False)
-        rwc._emit(trainer)
+        rwc._hand_over(trainer, wait=False)
     seconds = time.perf_counter() - start
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_rwc.history import write_json
+from lightning_rwc.files import write_json
 
 PAPER_FASHION_ACCURACY = {"resnet18": 0.92, "vgg_bn": 0.916, "alexnet": 0.895}
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     command = "python -m benchmarks.replicate " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(runs, args, command.strip(), time.perf_counter() - start)
     (out / "report.md").write_text(text)
-    summary = {f"{m}/{d}": [r["history"].to_dict() for r in seeds] for (m, d), seeds in runs.items()}
+    summary = {f"{m}/{d}": [r["history"].as_json() for r in seeds] for (m, d), seeds in runs.items()}
     write_json(out / "histories.json", summary)
     print(text)
     return out / "report.md"

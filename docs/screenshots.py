@@ -124,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lightning_rwc.demo import main as demo
 
         demo(["--out", str(logdir)])
-    from lightning_rwc.history import find_runs
     from lightning_rwc.keys import CLUSTER_RUN_DIR
     from lightning_rwc.pipeline import cluster_run
+    from lightning_rwc.runs import find_runs
 
     for run in find_runs(logdir, exclude_dirs=[CLUSTER_RUN_DIR]):
         if not (run / CLUSTER_RUN_DIR).exists():

@@ -2,6 +2,17 @@
 
 The public names are loaded on first use, so that ``import lightning_rwc`` (and the CLI) does not pay for importing
 Lightning, PyTorch or scikit-learn until they are needed.
+
+Glossary (one word for one thing throughout the package):
+
+- *layer*: one tracked parameter tensor, named as in ``named_parameters()`` (``layer1.0.conv1.weight``).
+- *block*: a group of layers that a chart shows and the freezer freezes (:mod:`lightning_rwc.blocks`).
+- *measurement*: the RWC of every layer at one step, against the previous measurement.
+- ``_all``: the RWC of all tracked weights taken as one vector (``RWCHistory.total`` holds its series).
+- *history*: the layers x measurements table (:class:`RWCHistory`).
+- *run*: a directory of logs (event files, ``metrics.csv``, a values file).
+- *part*: one concern of the callback, handed every measurement (:mod:`lightning_rwc.parts`).
+- ``state_dict`` / ``load_state_dict``: what a checkpoint keeps of an object, and continuing from it.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ __all__ = [
     "BlockFreezer",
     "ClusterResult",
     "LayerFreezer",
+    "MeasureSettings",
     "RWCHistory",
     "RelativeWeightChange",
     "WeightChangeTracker",
@@ -28,11 +40,12 @@ _SOURCES = {
     "BlockFreezer": "lightning_rwc.freezing",
     "ClusterResult": "lightning_rwc.clustering",
     "LayerFreezer": "lightning_rwc.layer_freezer",
+    "MeasureSettings": "lightning_rwc.measure",
     "RWCHistory": "lightning_rwc.history",
     "RelativeWeightChange": "lightning_rwc.callback",
     "WeightChangeTracker": "lightning_rwc.measure",
     "cluster_layers": "lightning_rwc.clustering",
-    "load_history": "lightning_rwc.history",
+    "load_history": "lightning_rwc.runs",
     "relative_weight_change": "lightning_rwc.measure",
     "write_cluster_run": "lightning_rwc.tensorboard",
 }
@@ -41,9 +54,10 @@ if TYPE_CHECKING:
     from lightning_rwc.callback import RelativeWeightChange
     from lightning_rwc.clustering import ClusterResult, cluster_layers
     from lightning_rwc.freezing import BlockFreezer
-    from lightning_rwc.history import RWCHistory, load_history
+    from lightning_rwc.history import RWCHistory
     from lightning_rwc.layer_freezer import LayerFreezer
-    from lightning_rwc.measure import WeightChangeTracker, relative_weight_change
+    from lightning_rwc.measure import MeasureSettings, WeightChangeTracker, relative_weight_change
+    from lightning_rwc.runs import load_history
     from lightning_rwc.tensorboard import write_cluster_run
 
 

@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lightning_rwc.history import find_runs, is_run
     from lightning_rwc.pipeline import cluster_run
+    from lightning_rwc.runs import find_runs, is_run
 
     path = Path(args.path)
     try:

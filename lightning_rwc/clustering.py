@@ -27,10 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_rwc.history import RWCHistory, json_float, write_json
+from lightning_rwc.files import json_float, write_json
+from lightning_rwc.history import RWCHistory
 from lightning_rwc.validate import check_choice
 
-FORMAT_VERSION = 1
+CLUSTERS_FORMAT = 1
 FEATURES = ("magnitude", "shape")
 REDUCTIONS = ("pca", "none", "umap")
 METHODS = ("hdbscan", "kmeans")
@@ -103,9 +104,9 @@ class ClusterResult:
         return len(self.summaries)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible content: the format written by :meth:`save_json` (see the README)."""
+        """JSON-compatible content: the format written by :meth:`save` (see the README)."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": CLUSTERS_FORMAT,
             "params": self.params,
             "steps": self.steps,
             "labels": self.labels,
@@ -130,7 +131,7 @@ class ClusterResult:
             "imputed": self.imputed,
         }
 
-    def save_json(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` to ``path`` as strict JSON (non-finite values as ``null``), atomically."""
         write_json(path, self.to_dict(), indent=1)
 
@@ -172,7 +173,7 @@ def cluster_layers(
     """Cluster the layers of ``history`` by their RWC curves.
 
     Args:
-        history: the RWC history (for example ``callback.history`` or :func:`~lightning_rwc.history.load_history`).
+        history: the RWC history (for example ``callback.history`` or :func:`~lightning_rwc.runs.load_history`).
         features: ``"magnitude"`` (log curves as they are) or ``"shape"`` (log curves z-scored per layer).
         reduction: ``"pca"`` (components kept up to ``explained_variance``, at most ``max_components``),
             ``"none"``, or ``"umap"`` (needs the ``umap-learn`` package).

@@ -3,7 +3,7 @@
 Use it in any training loop::
 
     tracker = WeightChangeTracker(model)
-    freezer = BlockFreezer(model, tracker.names)
+    freezer = BlockFreezer(model, tracker.names, rule=FreezeRule(warmup=2))
     for step in ...:  # after the optimizer step, every so many steps
         frozen_now = freezer.update(step, tracker.measure())
 """
@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from lightning_rwc.blocks import Blocks, block_values, find_blocks
-from lightning_rwc.decide.freeze import FreezePolicy
+from lightning_rwc.decide.freeze import FreezePolicy, FreezeRule
 from lightning_rwc.measure import Measurement
 from lightning_rwc.measure.select import named_parameters
-from lightning_rwc.validate import check_choice
+from lightning_rwc.validate import check_choice, choices
 
-MODES = ("freeze", "suggest")
+FreezeMode = Literal["freeze", "suggest"]
+MODES = choices(FreezeMode)
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -47,19 +48,18 @@ class BlockFreezer:
         model: the model the tracker measures.
         names: the tracked tensors' names (``tracker.names``).
         mode: ``"freeze"`` or ``"suggest"``.
-        blocks: custom blocks, regular expressions or module paths (see :func:`~lightning_rwc.blocks.find_blocks`).
+        rule: when a block is settled and how many may be frozen (:class:`~lightning_rwc.decide.FreezeRule`).
+        patterns: custom blocks, regular expressions or module paths (see :func:`~lightning_rwc.blocks.find_blocks`).
         keep_last: never freeze the last block (the head) and what shares parameters with it.
         eval_batchnorm: put the batch-norm layers of frozen blocks in eval mode (see :meth:`keep_eval`).
         norm: the tracker's norm.
-        **policy: settings of :class:`~lightning_rwc.decide.freeze.FreezePolicy` (``threshold``, ``patience``,
-            ``warmup``, ``max_fraction``, ``order``).
 
     Example::
 
         >>> from lightning_rwc import WeightChangeTracker
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
         >>> tracker = WeightChangeTracker(model)
-        >>> freezer = BlockFreezer(model, tracker.names, warmup=0, patience=1)
+        >>> freezer = BlockFreezer(model, tracker.names, rule=FreezeRule(warmup=0, patience=1))
         >>> freezer.policy.blocks, freezer.policy.keep
         (['0', '1', '2'], {'2'})
         >>> freezer.update(1, tracker.measure())  # nothing moved yet: no block has a peak to fall from
@@ -70,19 +70,21 @@ class BlockFreezer:
         self,
         model: nn.Module,
         names: Sequence[str],
-        mode: Literal["freeze", "suggest"] = "freeze",
-        blocks: Sequence[str] = (),
+        mode: FreezeMode = "freeze",
+        rule: FreezeRule | None = None,
+        patterns: Sequence[str] = (),
         keep_last: bool = True,
         eval_batchnorm: bool = True,
         norm: str = "l1",
-        **policy: Any,
     ) -> None:
         check_choice("mode", mode, MODES)
         self.model, self.mode, self.eval_batchnorm, self.norm = model, mode, eval_batchnorm, norm
-        self.blocks: Blocks = find_blocks(names, blocks)
+        self.names = list(names)
+        """The measured tensors' names the blocks were found from."""
+        self.blocks: Blocks = find_blocks(names, patterns)
         self._owners, last = self._find_owners()
         keep = self._owners.get(last, set()) if keep_last else set()
-        self.policy = FreezePolicy(self.blocks.names, keep=keep, **policy)
+        self.policy = FreezePolicy(self.blocks.names, rule, keep=keep)
         self._frozen: set[int] = set()  # the parameters frozen here, by identity
         self._batchnorms: list[nn.Module] = []  # whose parameters are all frozen
 

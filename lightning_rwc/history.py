@@ -1,31 +1,23 @@
-"""The layers x measurements table of RWC values, and reading it back from a run's logs.
+"""The layers x measurements table of RWC values: what the callback fills during training and the clustering reads.
 
-:class:`RWCHistory` is the plain data that the callback fills during training and that the clustering reads.
-:func:`load_history` builds one from TensorBoard event files, from a CSV file in the callback's column format (as
-Lightning's ``CSVLogger`` writes it) or from a JSON file written by :meth:`RWCHistory.save`.
+:func:`~lightning_rwc.runs.load_history` reads one back from a run's logs.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import re
-import warnings
-from array import array
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightning_rwc.keys import ALL_KEY, VALUES_SUFFIX, values_folder
+from lightning_rwc.files import json_float, write_json
+from lightning_rwc.keys import ALL_KEY
+from lightning_rwc.validate import check_count
 
-FORMAT_VERSION = 1
-EVENT_FILE_MARKER = "tfevents"
-RECORD_FRAMING = 16
-"""Bytes around each event in an event file: its length (8) and two checksums (4 each)."""
+HISTORY_FORMAT = 1
+"""Version of the history's saved form (checkpoint state and JSON file)."""
 
 
 class RWCHistory:
@@ -39,7 +31,7 @@ class RWCHistory:
     With a ``capacity`` the history stays that small however long the run, evenly spread over it: when it is full,
     every second measurement it holds is dropped, and from then on it keeps every second measurement appended
     (every fourth after the next time, and so on). The values it keeps are the measurements as they were; the
-    loggers hold every one (:func:`load_history`).
+    loggers hold every one (:func:`~lightning_rwc.runs.load_history`).
 
     Args:
         capacity: the most measurements kept (at least 2); ``None`` keeps all.
@@ -56,8 +48,7 @@ class RWCHistory:
     """
 
     def __init__(self, capacity: int | None = None) -> None:
-        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2):
-            raise ValueError(f"capacity must be None or a whole number of measurements >= 2, got {capacity!r}")
+        check_count("capacity", capacity, minimum=2, optional=True)
         self.capacity = capacity
         self.stride = 1
         """Every how many appended measurements one is kept (doubles each time a bounded history is full)."""
@@ -169,32 +160,7 @@ class RWCHistory:
         history._columns = [values[:, j].copy() for j in range(len(steps))]
         return history
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain content for strict JSON, as stored in checkpoints and JSON files.
-
-        Non-finite values (``nan``, ``inf``) are written as ``None`` (``null``) and read back as ``nan``, which the
-        clustering treats as missing like every non-finite value.
-        """
-        return {
-            "format_version": FORMAT_VERSION,
-            "layers": self.layers,
-            "steps": self.steps,
-            "epochs": self.epochs,
-            "values": [[json_float(v) for v in row] for row in self.values],
-            "total": [json_float(v) for v in self._total],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RWCHistory:
-        """Inverse of :meth:`to_dict`."""
-        layers = data.get("layers", [])
-        values = np.array(
-            [[math.nan if v is None else v for v in row] for row in data.get("values", [])], dtype=np.float64
-        ).reshape(len(layers), len(data.get("steps", [])))
-        total = [math.nan if v is None else v for v in data.get("total", [])] or None
-        return cls.from_arrays(layers, data.get("steps", []), values, data.get("epochs"), total)
-
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Everything the history holds, compact (tensors, no lists of floats): what a checkpoint stores.
 
         Example::
@@ -202,13 +168,15 @@ class RWCHistory:
             >>> history = RWCHistory(capacity=4)
             >>> for step in range(1, 8):
             ...     history.append(step, 0, {"fc.weight": step / 10, "_all": step / 10})
-            >>> RWCHistory.from_state(history.state()).steps, history.stride
-            ([1, 3, 5, 7], 2)
+            >>> restored = RWCHistory()
+            >>> restored.load_state_dict(history.state_dict())
+            >>> restored.steps, restored.stride, restored.capacity
+            ([1, 3, 5, 7], 2, 4)
         """
         import torch
 
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": HISTORY_FORMAT,
             "layers": self.layers,
             "steps": torch.tensor(self._steps, dtype=torch.int64),
             "epochs": torch.tensor(self._epochs, dtype=torch.int64),
@@ -219,199 +187,34 @@ class RWCHistory:
             "appended": self.appended,
         }
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> RWCHistory:
-        """Inverse of :meth:`state`."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`, or from the lists of a JSON file (``null`` read as ``nan``)."""
         layers, steps = list(state.get("layers", [])), [int(s) for s in state.get("steps", [])]
-        values = np.asarray(state.get("values", np.zeros((0, 0))), dtype=np.float64).reshape(len(layers), len(steps))
-        epochs = [int(e) for e in state.get("epochs", [])] or None
-        total = [float(t) for t in state.get("total", [])] or None
-        history = cls.from_arrays(layers, steps, values, epochs, total)
-        history.capacity = state.get("capacity")
-        history.stride = int(state.get("stride", 1))
-        history.appended = int(state.get("appended", len(steps)))
-        return history
+        values = _floats(state.get("values", [])).reshape(len(layers), len(steps))
+        total = _floats(state.get("total", [])).tolist() or None
+        epochs = _floats(state.get("epochs", [])).astype(np.int64).tolist() or None
+        read = self.from_arrays(layers, steps, values, epochs, total)
+        self.__dict__.update({key: value for key, value in vars(read).items() if key != "capacity"})
+        self.capacity = state.get("capacity", self.capacity)
+        self.stride = int(state.get("stride", 1))
+        self.appended = int(state.get("appended", len(steps)))
+
+    def as_json(self) -> dict[str, Any]:
+        """The history as strict-JSON content (what :meth:`save` writes): non-finite values as ``None``."""
+        data = {"format_version": HISTORY_FORMAT, "layers": self.layers, "steps": self.steps, "epochs": self.epochs}
+        data["values"] = [[json_float(v) for v in row] for row in self.values.tolist()]
+        data["total"] = [json_float(v) for v in self._total]
+        return data
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as strict JSON, atomically (a reader never sees a half-written file)."""
-        write_json(path, self.to_dict())
-
-
-def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
-    """Read the RWC history of one run.
-
-    Args:
-        path: a run directory: its values file (``{prefix}_values``, written with
-            ``RelativeWeightChange(write_values=True)``: see :mod:`lightning_rwc.values_file`) if it has one, else
-            its TensorBoard event files (every scalar is read, not a sample) or Lightning ``CSVLogger``'s
-            ``metrics.csv``; a values file folder; a CSV file with a ``step`` column and one ``{prefix}/{layer}``
-            column per layer (optionally ``epoch`` and ``{prefix}/_all``); or a JSON file written by
-            :meth:`RWCHistory.save`.
-        prefix: the tag prefix the callback logged under.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist or holds no event file, CSV or JSON.
-        ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
-
-    Warns:
-        UserWarning: naming the file and its bytes, where part of an event file or values file cannot be read (a
-            damaged record, or one cut off by a crash); the values before it are returned.
-
-    Example::
-
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "history.json"
-        >>> RWCHistory.from_arrays(["fc.weight"], [10, 20], np.array([[0.5, 0.25]])).save(path)
-        >>> load_history(path).values.tolist()
-        [[0.5, 0.25]]
-    """
-    from lightning_rwc.values_file import has_values, read_values
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: pass a run directory, a metrics CSV or a history JSON file")
-    for folder in (path / values_folder(prefix), path):
-        if has_values(folder):
-            return read_values(folder)
-    if path.is_file():
-        if path.suffix == ".json":
-            return _read_json(path)
-        if path.suffix == ".csv":
-            return _from_series(_read_csv(path), prefix, path)
-        if EVENT_FILE_MARKER in path.name:
-            return _from_series(_read_tensorboard(path.parent), prefix, path)
-        raise FileNotFoundError(f"{path} is not a TensorBoard event file, a .csv or a .json file")
-    if any(EVENT_FILE_MARKER in child.name for child in path.iterdir()):
-        return _from_series(_read_tensorboard(path), prefix, path)
-    if (path / "metrics.csv").is_file():
-        return _from_series(_read_csv(path / "metrics.csv"), prefix, path)
-    raise FileNotFoundError(
-        f"{path} holds no TensorBoard event file and no metrics.csv; pass a run directory such as "
-        "lightning_logs/version_0 (find_runs lists the runs below a folder)"
-    )
-
-
-def find_runs(root: str | os.PathLike, exclude_dirs: Iterable[str] = ()) -> list[Path]:
-    """Every directory at or below ``root`` that holds a run (see :func:`is_run`), sorted.
-
-    Hidden directories and those named in ``exclude_dirs`` (for example the cluster runs this package writes) are
-    not entered.
-
-    Example::
-
-        >>> import tempfile
-        >>> root = Path(tempfile.mkdtemp())
-        >>> (root / "version_0").mkdir(); _ = (root / "version_0" / "metrics.csv").write_text("step")
-        >>> [run.name for run in find_runs(root)]
-        ['version_0']
-    """
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
-    skip = set(exclude_dirs)
-    runs = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in skip and not d.startswith("."))
-        if is_run(Path(directory), files):
-            runs.append(Path(directory))
-    return sorted(runs)
-
-
-def is_run(directory: Path, files: Iterable[str] | None = None) -> bool:
-    """Whether ``directory`` holds a run: event files, a ``metrics.csv`` or a values file folder.
-
-    ``files``: the names of the files in ``directory``, where the caller has them.
-    """
-    from lightning_rwc.values_file import has_values
-
-    files = [p.name for p in directory.iterdir() if p.is_file()] if files is None else files
-    if any(EVENT_FILE_MARKER in name or name == "metrics.csv" for name in files):
-        return True
-    return any(has_values(child) for child in directory.glob(f"*{VALUES_SUFFIX}"))
-
-
-def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
-    """Write ``data`` as strict JSON (no ``NaN`` or ``Infinity``: see :func:`json_float`), atomically.
-
-    Raises:
-        ValueError: if ``data`` holds a non-finite float (nothing is written).
-
-    Example::
-
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "data.json"
-        >>> write_json(path, {"values": [json_float(0.5), json_float(float("inf"))]})
-        >>> path.read_text()
-        '{"values": [0.5, null]}'
-    """
-    write_atomic(path, json.dumps(data, allow_nan=False, indent=indent))
-
-
-def json_float(value: float) -> float | None:
-    """``value`` as a float, or ``None`` (``null`` in JSON) if it is ``nan`` or infinite.
-
-    Example::
-
-        >>> json_float(0.25), json_float(float("nan")), json_float(float("-inf"))
-        (0.25, None, None)
-    """
-    return float(value) if math.isfinite(value) else None
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
-
-    Example::
-
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "note.txt"
-        >>> write_atomic(path, "done")
-        >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
-        ('done', ['note.txt'])
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone once replaced; a failed write leaves nothing behind
-
-
-class Series:
-    """Scalars as read, per tag in the order tags first appear: steps and values in arrays (16 bytes a value)."""
-
-    def __init__(self) -> None:
-        self.columns: dict[str, tuple[array, array]] = {}
-
-    def add(self, tag: str, step: int, value: float) -> None:
-        """One value of ``tag`` at ``step``."""
-        column = self.columns.get(tag)
-        if column is None:
-            column = self.columns[tag] = (array("q"), array("d"))
-        column[0].append(step)
-        column[1].append(value)
-
-    def at(self, tag: str, steps: np.ndarray) -> np.ndarray:
-        """The values of ``tag`` at ``steps`` (sorted), ``nan`` where it has none; the last one written at a step."""
-        out = np.full(steps.size, np.nan)
-        if tag in self.columns:
-            written_steps, written_values = self.columns[tag]
-            written = np.frombuffer(written_steps, dtype=np.int64)
-            last = last_at_each_step(written)
-            out[np.searchsorted(steps, written[last])] = np.frombuffer(written_values)[last]
-        return out
-
-    def steps(self, tags: Iterable[str]) -> np.ndarray:
-        """Every step at which one of ``tags`` has a value, sorted."""
-        return np.unique(np.concatenate([np.frombuffer(self.columns[tag][0], dtype=np.int64) for tag in tags]))
+        """Write :meth:`as_json` to ``path``, atomically; :meth:`load_state_dict` and ``load_history`` read it."""
+        write_json(path, self.as_json())
 
 
 def last_at_each_step(steps: np.ndarray) -> np.ndarray:
     """Where the last entry at each step is in ``steps`` (a later one at a step replaces an earlier one), by step.
+
+    The one rule of every reader for values written twice at a step (a resumed run).
 
     Example::
 
@@ -422,106 +225,7 @@ def last_at_each_step(steps: np.ndarray) -> np.ndarray:
     return steps.size - 1 - from_end
 
 
-def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
-    """Align the ``{prefix}/`` tags on the union of their steps, layers in the order the tags first appear."""
-    head = f"{prefix}/"
-    tags = [tag for tag in series.columns if tag.startswith(head)]
-    if not tags:
-        prefixes = sorted({tag.split("/", 1)[0] for tag in series.columns if "/" in tag})
-        raise ValueError(
-            f"{source} has no '{head}' values. Tags with a prefix found there: {prefixes or 'none'}. "
-            f"Was the run trained with RelativeWeightChange (log_prefix={prefix!r})? Otherwise pass --prefix."
-        )
-    steps = series.steps(tags)
-    layer_tags = [tag for tag in tags if tag != head + ALL_KEY]
-    values = np.array([series.at(tag, steps) for tag in layer_tags]).reshape(len(layer_tags), steps.size)
-    epochs = np.nan_to_num(series.at("epoch", steps), nan=-1)
-    total = series.at(head + ALL_KEY, steps)
-    return RWCHistory.from_arrays([tag[len(head) :] for tag in layer_tags], steps, values, epochs, total)
-
-
-def _read_tensorboard(run_dir: Path) -> Series:
-    """Every scalar in the run's event files, oldest file first; warns about bytes of a file that cannot be read.
-
-    A later value at the same step (a resumed run) replaces the earlier one.
-    """
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.util import tensor_util
-
-    series = Series()
-    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
-        read = 0
-        for record in RawEventFileLoader(str(path)).Load():  # stops at the first damaged or cut-off record
-            read += len(record) + RECORD_FRAMING
-            event = Event.FromString(record)
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    series.add(value.tag, event.step, value.simple_value)
-                elif value.metadata.plugin_data.plugin_name == "scalars":
-                    series.add(value.tag, event.step, tensor_util.make_ndarray(value.tensor).item())
-        size = path.stat().st_size
-        if read < size:
-            warnings.warn(
-                f"{path}: bytes {read} to {size} could not be read (a damaged or cut-off record, for example "
-                "after a crash); values written there are missing",
-                stacklevel=3,
-            )
-    return series
-
-
-def _read_json(path: Path) -> RWCHistory:
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError) as err:  # not JSON, not text
-        raise ValueError(f"{path} is not a readable JSON file: {err}") from err
-    try:
-        return RWCHistory.from_dict(data)
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a history written by RWCHistory.save: {err}") from err
-
-
-def _read_csv(path: Path) -> Series:
-    """The columns of a CSV file in name order with numbers compared as numbers (``h.2`` before ``h.10``).
-
-    Lightning's ``CSVLogger`` sorts its columns, so the model's order is lost; this is the closest to it.
-    """
-    try:
-        series = _parse_csv(path)
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a readable CSV file: {err}") from err
-    series.columns = {key: series.columns[key] for key in sorted(series.columns, key=_natural_key)}
-    return series
-
-
-def _natural_key(name: str) -> list[str | int]:
-    """``name`` cut into text and numbers, so that numbers compare as numbers.
-
-    Example::
-
-        >>> sorted(["h.10.w", "h.2.w", "fc"], key=_natural_key)
-        ['fc', 'h.2.w', 'h.10.w']
-    """
-    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
-
-
-def _parse_csv(path: Path) -> Series:
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{path} has no 'step' column; expected the CSVLogger's metrics.csv format")
-        series = Series()
-        for line, row in enumerate(reader, start=2):
-            try:
-                step = int(float(row["step"]))
-            except (TypeError, ValueError, OverflowError) as err:
-                raise ValueError(f"{path}, line {line}: step {row['step']!r} is not a number") from err
-            if not -(2**63) <= step < 2**63:
-                raise ValueError(f"{path}, line {line}: step {row['step']!r} is out of range")
-            for key, cell in row.items():
-                if key not in (None, "step") and cell not in (None, ""):
-                    try:
-                        series.add(key, step, float(cell))
-                    except ValueError as err:
-                        raise ValueError(f"{path}, line {line}: {key} = {cell!r} is not a number") from err
-    return series
+def _floats(data: Any) -> np.ndarray:
+    """A tensor (checkpoint) or nested lists with ``None`` for missing values (JSON) as a float64 array."""
+    to_numpy = getattr(data, "numpy", None)
+    return np.asarray(to_numpy(), dtype=np.float64) if to_numpy else np.array(data, dtype=np.float64)

@@ -7,7 +7,7 @@ Freezes the blocks of a network that have stopped learning, front to back, from 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, Checkpoint
@@ -18,24 +18,26 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_rwc.callback import RelativeWeightChange
-from lightning_rwc.decide.freeze import FreezePolicy
-from lightning_rwc.freezing import MODES, BlockFreezer
+from lightning_rwc.decide.freeze import FreezeOrder, FreezeRule
+from lightning_rwc.freezing import MODES, BlockFreezer, FreezeMode
 from lightning_rwc.keys import freeze_prefix
-from lightning_rwc.measure import Measurement, select_parameters
+from lightning_rwc.measure import select_parameters
 from lightning_rwc.measure.select import compile_patterns
-from lightning_rwc.validate import check_choice
+from lightning_rwc.parts import Part, Record
+from lightning_rwc.validate import check_choice, check_switch
 
 
-class LayerFreezer(Callback):
+class LayerFreezer(Callback, Part):
     r"""Freeze the blocks of the network that have stopped learning, front to back, to save backward time.
 
     The blocks are those of the TensorBoard layout (:mod:`lightning_rwc.blocks`: ResNet's stages, each of a
-    transformer's layers, ...). The decisions come from the measurements of the
-    :class:`~lightning_rwc.RelativeWeightChange` in the same Trainer (the first one, if several; with none, one with
-    default settings is added): after ``warmup`` measurements, a block whose RWC has stayed at or below
-    ``threshold`` times its own peak for ``patience`` measurements in a row is frozen together with every block
-    before it (``order="front"``: backward then stops at the frozen front), up to ``max_fraction`` of the blocks.
-    The last block (the head, and whatever shares parameters with it) is never frozen with ``keep_last``.
+    transformer's layers, ...), found from the names of the measured layers. The decisions come from the
+    measurements of the :class:`~lightning_rwc.RelativeWeightChange` in the same Trainer (the first one, if several;
+    with none, one with default settings is added), to which it attaches itself as a part: after ``warmup``
+    measurements, a block whose RWC has stayed at or below ``threshold`` times its own peak for ``patience``
+    measurements in a row is frozen together with every block before it (``order="front"``: backward then stops at
+    the frozen front), up to ``max_fraction`` of the blocks. The last block (the head, and whatever shares
+    parameters with it) is never frozen with ``keep_last``.
 
     Frozen parameters get ``requires_grad=False`` and lose their gradients, so optimizers leave them as they are;
     their batch-norm layers are put in eval mode (``eval_batchnorm``); their RWC curves end. ``mode="suggest"``
@@ -77,25 +79,27 @@ class LayerFreezer(Callback):
 
     def __init__(
         self,
-        mode: Literal["freeze", "suggest"] = "freeze",
+        mode: FreezeMode = "freeze",
         threshold: float = 0.5,
         patience: int = 2,
         warmup: int = 2,
         max_fraction: float = 0.75,
-        order: Literal["front", "any"] = "front",
+        order: FreezeOrder = "front",
         blocks: Sequence[str] = (),
         keep_last: bool = True,
         eval_batchnorm: bool = True,
     ) -> None:
         check_choice("mode", mode, MODES)
-        self.policy = {"threshold": threshold, "patience": patience, "warmup": warmup}
-        self.policy |= {"max_fraction": max_fraction, "order": order}
-        FreezePolicy([], **self.policy)  # checks the settings now
+        self.rule = FreezeRule(threshold, patience, warmup, max_fraction, order)
         compile_patterns(blocks, "blocks")
+        check_switch("keep_last", keep_last)
+        check_switch("eval_batchnorm", eval_batchnorm)
         self.mode, self.blocks, self.keep_last, self.eval_batchnorm = mode, list(blocks), keep_last, eval_batchnorm
         self.freezer: BlockFreezer | None = None
         self._rwc: RelativeWeightChange | None = None
         self._pending: dict[str, Any] | None = None
+
+    every_rank = True  # every rank freezes the same blocks at the same step
 
     @property
     def frozen(self) -> dict[str, int]:
@@ -105,7 +109,8 @@ class LayerFreezer(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return f"{type(self).__qualname__}{{'mode': {self.mode!r}, 'blocks': {self.blocks!r}, **{self.policy!r}}}"
+        rule = {name: getattr(self.rule, name) for name in ("threshold", "patience", "warmup", "max_fraction", "order")}
+        return f"{type(self).__qualname__}{{'mode': {self.mode!r}, 'blocks': {self.blocks!r}, **{rule!r}}}"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -118,7 +123,7 @@ class LayerFreezer(Callback):
             self._rwc = RelativeWeightChange()
             last = [i for i, callback in enumerate(trainer.callbacks) if isinstance(callback, Checkpoint)]
             trainer.callbacks.insert(last[0] if last else len(trainer.callbacks), self._rwc)
-        self._rwc.subscribe(self._on_measurement)
+        self._rwc.attach(self)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -130,22 +135,10 @@ class LayerFreezer(Callback):
                     "use Trainer(strategy='ddp_find_unused_parameters_true') or "
                     "DDPStrategy(find_unused_parameters=True)."
                 )
-        rwc = self._rwc
-        include, exclude = compile_patterns(rwc.include, "include"), compile_patterns(rwc.exclude, "exclude")
-        names = [name for name, _ in select_parameters(pl_module, rwc.params, include, exclude)]
-        self.freezer = BlockFreezer(
-            pl_module,
-            names,
-            mode=self.mode,
-            blocks=self.blocks,
-            keep_last=self.keep_last,
-            eval_batchnorm=self.eval_batchnorm,
-            norm=rwc.norm,
-            **self.policy,
-        )
-        if self._pending:
+        if self._pending and self._pending.get("frozen"):  # blocks frozen before the checkpoint: frozen again now
+            self._build(pl_module, self._pending.get("names") or self._selected(pl_module))
             self.freezer.load_state_dict(self._pending)
-        self._pending = None
+            self._pending = None
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
@@ -153,28 +146,51 @@ class LayerFreezer(Callback):
             self.freezer.keep_eval()  # Lightning puts the model back in train mode at the start of each epoch
 
     @override
+    def on_measurement(self, trainer: pl.Trainer, record: Record) -> None:
+        known = [] if self.freezer is None else self.freezer.names
+        new = [name for name in record.measurement.sums()[0] if name not in set(known)]
+        if self.freezer is None or new:  # the first measurement, or layers the blocks do not cover yet
+            state = self.freezer.state_dict() if self.freezer is not None else self._pending or {}
+            self._build(trainer.lightning_module, known + new)  # frozen layers, no longer measured, stay known
+            self.freezer.load_state_dict(state)
+            self._pending = None
+        chosen = self.freezer.update(record.step, record.measurement)
+        head = freeze_prefix(self._rwc.log_prefix)
+        record.extra[f"{head}/frozen_blocks"] = float(len(self.freezer.frozen))
+        record.extra |= {f"{head}/{block}": 1.0 for block in chosen}
+        if chosen:
+            verb = "Froze" if self.mode == "freeze" else "Would freeze"
+            rank_zero_info(f"LayerFreezer: {verb} {', '.join(chosen)} at step {record.step}.")
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                    logger.experiment.add_text(f"{head}/decisions", self._decisions(), global_step=record.step)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.freezer is None else self.freezer.state_dict()
+        if self.freezer is None:
+            return dict(self._pending or {})
+        return {**self.freezer.state_dict(), "names": self.freezer.names}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
 
-    def _on_measurement(self, trainer: pl.Trainer, step: int, measurement: Measurement) -> None:
-        if self.freezer is None:
-            return
-        chosen = self.freezer.update(step, measurement)
-        head = freeze_prefix(self._rwc.log_prefix)
-        metrics = {f"{head}/frozen_blocks": float(len(self.freezer.frozen))}
-        metrics |= {f"{head}/{block}": 1.0 for block in chosen}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        if chosen:
-            verb = "Froze" if self.mode == "freeze" else "Would freeze"
-            rank_zero_info(f"LayerFreezer: {verb} {', '.join(chosen)} at step {step}.")
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                    logger.experiment.add_text(f"{head}/decisions", self._decisions(), global_step=step)
+    def _build(self, pl_module: pl.LightningModule, names: list[str]) -> None:
+        self.freezer = BlockFreezer(
+            pl_module,
+            names,
+            mode=self.mode,
+            rule=self.rule,
+            patterns=self.blocks,
+            keep_last=self.keep_last,
+            eval_batchnorm=self.eval_batchnorm,
+            norm=self._rwc.settings.norm,
+        )
+
+    def _selected(self, pl_module: pl.LightningModule) -> list[str]:
+        """The parameters the callback's settings select: the blocks of a checkpoint that did not save its names."""
+        settings = self._rwc.settings
+        return [name for name, _ in select_parameters(pl_module, settings.params, *settings.patterns())]
 
     def _decisions(self) -> str:
         verb = "frozen" if self.mode == "freeze" else "would be frozen"

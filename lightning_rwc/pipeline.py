@@ -55,7 +55,7 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
         ('rwc_clusters.json', 'rwc_clusters', 2)
     """
     from lightning_rwc.clustering import cluster_layers
-    from lightning_rwc.history import load_history
+    from lightning_rwc.runs import load_history
     from lightning_rwc.tensorboard import recover_dir, write_cluster_run
 
     run = Path(run)
@@ -65,7 +65,7 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
     directory = run if run.is_dir() else run.parent
     target = write_cluster_run(result, directory, prefix=prefix)
     json_path = directory / CLUSTER_JSON
-    result.save_json(json_path)
+    result.save(json_path)
     output = RunOutput(run=run, result=result, cluster_run=target, json_path=json_path)
     if plots:
         from lightning_rwc.plots import save_plots

@@ -23,10 +23,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_rwc.history import RWCHistory, last_at_each_step, write_json
+from lightning_rwc.files import write_json
+from lightning_rwc.history import RWCHistory, last_at_each_step
 from lightning_rwc.keys import ALL_KEY
 
-FORMAT_VERSION = 1
+SEGMENT_FORMAT = 1
 STEP_EPOCH = struct.Struct("<qq")
 """The start of a row: step and epoch; ``_all`` and the layers' values follow as float32."""
 
@@ -84,7 +85,7 @@ class ValuesWriter:
         stem = f"{self._next:06d}"
         self._next += 1
         layers = [key for key in keys if key != ALL_KEY]
-        write_json(self.directory / f"{stem}.json", {"format": FORMAT_VERSION, "layers": layers})
+        write_json(self.directory / f"{stem}.json", {"format": SEGMENT_FORMAT, "layers": layers})
         self._handle = open(self.directory / f"{stem}.bin", "ab")  # noqa: SIM115 (open across calls: see close)
         total = keys.index(ALL_KEY) if ALL_KEY in keys else len(keys)
         self._keys = keys
@@ -136,7 +137,7 @@ def _layers_of(meta: Path) -> list[str]:
     try:
         data = json.loads(meta.read_text())
         layers = data["layers"]
-        if data["format"] != FORMAT_VERSION or not all(isinstance(name, str) for name in layers):
+        if data["format"] != SEGMENT_FORMAT or not all(isinstance(name, str) for name in layers):
             raise ValueError(f"format {data['format']!r} with layers {layers!r:.80}")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{meta} is not a values file segment written by this version: {err}") from err

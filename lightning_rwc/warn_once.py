@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 Emit = Callable[[str], object]
 """Where a warning's message goes: ``warnings.warn``-like (the default) or Lightning's ``rank_zero_warn``."""
@@ -39,6 +39,33 @@ class WarnOnce:
         if key not in self._seen:
             self._seen.add(key)
             self.emit(message)
+
+    def many(self, kind: Hashable, layers: Iterable[str], single: str, several: str, examples: int = 3) -> None:
+        """One warning for the layers of ``layers`` not yet warned about for ``kind``, however many there are.
+
+        ``single`` is the message for one layer (``{layer}`` stands for its name), ``several`` the message for more
+        (``{count}`` for how many, ``{names}`` for the first ``examples`` of them).
+
+        Example::
+
+            >>> seen = []
+            >>> warn = WarnOnce(seen.append)
+            >>> warn.many("dead", ["a", "b", "c", "d", "e"], "{layer} is dead", "{count} layers are dead: {names}")
+            >>> warn.many("dead", ["a", "f"], "{layer} is dead", "{count} layers are dead: {names}")
+            >>> seen
+            ["5 layers are dead: 'a', 'b', 'c' and 2 more", "'f' is dead"]
+        """
+        new = [layer for layer in layers if (kind, layer) not in self._seen]
+        if not new:
+            return
+        self._seen.update((kind, layer) for layer in new)
+        if len(new) == 1:
+            self.emit(single.format(layer=repr(new[0])))
+            return
+        names = ", ".join(map(repr, new[:examples])) + (
+            f" and {len(new) - examples} more" if len(new) > examples else ""
+        )
+        self.emit(several.format(count=len(new), names=names))
 
 
 def runtime_warning(message: str) -> None:

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_rwc import RelativeWeightChange
-from lightning_rwc.history import load_history
+from lightning_rwc.parts import HealthFlags, Heatmap, History, LiveClustering, Loggers, default_parts
+from lightning_rwc.runs import load_history
 
 TRACKED = ["net.conv.weight", "net.head.weight"]
 
@@ -53,8 +54,8 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"every_n_epochs": 0}, "every_n_epochs must be None or a positive integer, got 0"),
-        ({"every_n_steps": -5}, "every_n_steps must be None or a positive integer, got -5"),
+        ({"every_n_epochs": 0}, "every_n_epochs must be a whole number >= 1 or None, got 0"),
+        ({"every_n_steps": -5}, "every_n_steps must be a whole number >= 1 or None, got -5"),
         ({"every_n_epochs": 1.5}, "got 1.5"),
         ({"every_n_epochs": None}, "Set every_n_epochs or every_n_steps"),
         ({"norm": "max"}, "norm must be one of"),
@@ -62,7 +63,7 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
         ({"include": "[unclosed"}, "include pattern '\\[unclosed' is not a valid"),
         ({"log_prefix": "a/b"}, "log_prefix must be a non-empty string without '/'"),
         ({"snapshot_device": "cuda:3"}, "snapshot_device must be None"),
-        ({"cluster_every_n_epochs": 0}, "cluster_every_n_epochs must be None"),
+        ({"parts": [object()]}, "parts must be Part instances"),
         ({"kernel": "cuda"}, "kernel must be one of"),
     ],
 )
@@ -182,7 +183,7 @@ class UpperCaseLogger(TensorBoardLogger):
 
 
 def test_a_logger_that_renames_keys_otherwise_receives_every_measurement_through_log_metrics(tmp_path):
-    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2, check_health=False)
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2, parts=[History(), Loggers()])
     logger = UpperCaseLogger(tmp_path)
     trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=logger, **fit_kwargs())
     trainer.fit(make_tiny_module(), tiny_loader())
@@ -238,14 +239,14 @@ def test_state_dict_round_trip_keeps_the_history(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [{}, {"every_n_epochs": None, "every_n_steps": 1, "history_capacity": 4}],
+    ("settings", "capacity"),
+    [({}, 200), ({"every_n_epochs": None, "every_n_steps": 1}, 4)],
     ids=["every epoch", "every step, a history thinned to 4"],
 )
-def test_resume_from_checkpoint_continues_the_curves_exactly(tmp_path, settings):
+def test_resume_from_checkpoint_continues_the_curves_exactly(tmp_path, settings, capacity):
     def run(max_epochs, ckpt_path=None):
         torch.manual_seed(0)
-        rwc = RelativeWeightChange(**settings)
+        rwc = RelativeWeightChange(**settings, parts=[History(capacity), HealthFlags(), Loggers()])
         logger = CSVLogger(tmp_path, name=f"{max_epochs}-{ckpt_path is not None}")
         trainer = Trainer(
             max_epochs=max_epochs,
@@ -294,13 +295,14 @@ def test_live_clustering_logs_cluster_summaries_under_the_prefix_with_matched_id
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    rwc = RelativeWeightChange(cluster_every_n_epochs=1, log_prefix="weights")
+    live = LiveClustering(every_n_epochs=1)
+    rwc = RelativeWeightChange(log_prefix="weights", parts=[*default_parts(), live])
     seen = []
 
     class Spy(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
-            if rwc.clusters is not None:
-                seen.append((dict(rwc.clusters.labels), rwc.clusters.next_id))
+            if live.result is not None:
+                seen.append((dict(live.result.labels), live.result.next_id))
 
     logger = CSVLogger(tmp_path)
     trainer = Trainer(max_epochs=5, callbacks=[rwc, Spy()], logger=logger, **fit_kwargs())
@@ -342,7 +344,7 @@ def test_values_are_callback_metrics_that_early_stopping_and_checkpoints_can_mon
 
 def test_state_key_includes_every_setting_that_changes_what_is_measured():
     base = RelativeWeightChange()
-    assert base.state_key == RelativeWeightChange(snapshot_device="cpu", log_heatmap=True).state_key
+    assert base.state_key == RelativeWeightChange(snapshot_device="cpu", parts=[History(), Heatmap()]).state_key
     assert RelativeWeightChange(include="fc").state_key == RelativeWeightChange(include=["fc"]).state_key
     others = [
         RelativeWeightChange(params="trainable"),
@@ -510,6 +512,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_rwc import RelativeWeightChange
 from lightning_rwc.measure import Measurement
+from lightning_rwc.parts import History, Loggers, ValuesFile
 
 WINDOW = 0.5
 if {late}:
@@ -523,7 +526,8 @@ class Interrupt(Callback):
             os.kill(os.getpid(), signal.{signal})
 
 loggers = [TensorBoardLogger({out!r}, name="run"), CSVLogger({out!r}, name="csv")]
-rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, flush_every_s={flush_every_s}, write_values=True)
+parts = [History(), Loggers(flush_every_s={flush_every_s}), ValuesFile()]
+rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, parts=parts)
 trainer = Trainer(max_epochs=4, callbacks=[rwc, Interrupt()], logger=loggers, **fit_kwargs())
 try:
     trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
@@ -537,7 +541,7 @@ def run_interrupted(tmp_path, signal: str, flush_every_s: float, late: bool = Fa
     import sys
     from pathlib import Path
 
-    from lightning_rwc.history import load_history
+    from lightning_rwc.runs import load_history
 
     script = tmp_path / "crash.py"
     tests = str(Path(__file__).parent)
@@ -566,8 +570,8 @@ def test_after_a_sigterm_every_measurement_is_readable_also_those_still_on_their
 
 
 def test_measurements_read_later_are_logged_at_the_step_they_were_taken(tmp_path, monkeypatch):
-    from lightning_rwc.history import load_history
     from lightning_rwc.measure import Measurement
+    from lightning_rwc.runs import load_history
 
     def run(name):
         torch.manual_seed(0)

@@ -242,7 +242,7 @@ def test_json_is_strict_with_missing_figures_as_null(tmp_path):
     result = cluster_layers(history, method="kmeans", n_clusters=4)
     result.explained_variance = math.nan  # as UMAP reports it
     result.summaries[0].mean[0] = np.inf
-    result.save_json(tmp_path / "clusters.json")
+    result.save(tmp_path / "clusters.json")
     data = json.loads((tmp_path / "clusters.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert data["quality"]["explained_variance"] is None
     assert data["clusters"][0]["mean"][0] is None and data["clusters"][0]["mean"][1] is not None

@@ -66,7 +66,7 @@ def test_adapted_resnet18_keeps_small_images_alive():
 @pytest.mark.slow
 def test_demo_trains_logs_and_clusters(tmp_path, capsys):
     from lightning_rwc.demo import run_demo
-    from lightning_rwc.history import load_history
+    from lightning_rwc.runs import load_history
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_rwc import BlockFreezer, WeightChangeTracker
+from lightning_rwc.decide import FreezeRule
 
 
 def stack() -> nn.Module:
@@ -97,7 +98,9 @@ def test_the_head_and_what_shares_its_parameters_are_kept():
 def test_suggesting_changes_nothing_and_state_round_trips():
     model = stack()
     tracker = WeightChangeTracker(model)
-    freezer = BlockFreezer(model, tracker.names, mode="suggest", threshold=0.9, patience=1, warmup=0, max_fraction=1)
+    freezer = BlockFreezer(
+        model, tracker.names, "suggest", FreezeRule(threshold=0.9, patience=1, warmup=0, max_fraction=1)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.01)  # each interval moves far less
     decided = []
@@ -118,4 +121,4 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="mode must be one of"):
         BlockFreezer(model, ["0.0.weight"], mode="maybe")
     with pytest.raises(ValueError, match="threshold must be a fraction"):
-        BlockFreezer(model, ["0.0.weight"], threshold=0)
+        BlockFreezer(model, ["0.0.weight"], rule=FreezeRule(threshold=0))

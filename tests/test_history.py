@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import write_tensorboard_run
 
-from lightning_rwc.history import RWCHistory, find_runs, load_history
+from lightning_rwc.history import RWCHistory
+from lightning_rwc.runs import find_runs, load_history
 
 
 def test_append_adds_new_layers_as_rows_with_nan_before_their_first_value():
@@ -44,10 +45,10 @@ def test_json_is_strict_and_non_finite_values_read_back_as_nan(tmp_path):
     history.save(tmp_path / "h.json")
     data = strict_json((tmp_path / "h.json").read_text())
     assert data["values"] == [[0.1, None], [None, 0.2], [None, 0.3]] and data["total"] == [None, 0.4]
-    for again in (RWCHistory.from_dict(history.to_dict()), load_history(tmp_path / "h.json")):
-        np.testing.assert_array_equal(again.values, np.where(np.isfinite(values), values, np.nan))
-        np.testing.assert_array_equal(again.total, [np.nan, 0.4])
-        assert (again.layers, again.steps, again.epochs) == (["a", "b", "c"], [1, 2], [0, 1])
+    again = load_history(tmp_path / "h.json")
+    np.testing.assert_array_equal(again.values, np.where(np.isfinite(values), values, np.nan))
+    np.testing.assert_array_equal(again.total, [np.nan, 0.4])
+    assert (again.layers, again.steps, again.epochs) == (["a", "b", "c"], [1, 2], [0, 1])
     assert not list(tmp_path.glob(".*tmp"))
 
 
@@ -227,10 +228,11 @@ def test_a_bounded_history_continues_exactly_from_its_state():
         straight.append(step, 0, row)
     for step, row in rows[:17]:
         first.append(step, 0, row)
-    resumed = RWCHistory.from_state(first.state())
+    resumed = RWCHistory()
+    resumed.load_state_dict(first.state_dict())
     for step, row in rows[17:]:
         resumed.append(step, 0, row)
     assert resumed.steps == straight.steps and resumed.layers == straight.layers
     np.testing.assert_array_equal(resumed.values, straight.values)
-    with pytest.raises(ValueError, match="capacity must be None or a whole number of measurements >= 2, got 1"):
+    with pytest.raises(ValueError, match="capacity must be a whole number >= 2 or None, got 1"):
         RWCHistory(capacity=1)

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_rwc import RelativeWeightChange
+from lightning_rwc.parts import Heatmap, default_parts
 
 APP = Path(__file__).with_name("lightning_cli_app.py")
 KEYS = ["rwc/net.conv.weight", "rwc/net.head.weight", "rwc/_all"]
@@ -112,7 +113,7 @@ def test_wandb_logger_offline_receives_the_values(tmp_path, monkeypatch):
 
 def test_tensorboard_gets_a_heatmap_image_when_asked(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
-    rwc = RelativeWeightChange(log_heatmap=True)
+    rwc = RelativeWeightChange(parts=[*default_parts(), Heatmap()])
     Trainer(max_epochs=3, callbacks=[rwc], logger=logger, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
     logger.experiment.flush()
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
@@ -124,7 +125,7 @@ def test_tensorboard_gets_a_heatmap_image_when_asked(tmp_path):
 
 def test_the_heatmap_is_logged_at_epoch_ends_only_when_measuring_by_steps(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
-    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, log_heatmap=True)
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, parts=[*default_parts(), Heatmap()])
     Trainer(max_epochs=2, callbacks=[rwc], logger=logger, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
     logger.experiment.flush()
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})

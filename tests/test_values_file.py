@@ -12,7 +12,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_rwc import RelativeWeightChange
-from lightning_rwc.history import find_runs, load_history
+from lightning_rwc.parts import ValuesFile, default_parts
+from lightning_rwc.runs import find_runs, load_history
 from lightning_rwc.values_file import ValuesWriter, has_values, read_values
 
 
@@ -92,7 +93,7 @@ def event_scalars(log_dir) -> dict[str, dict[int, float]]:
 
 
 def test_a_fit_writes_beside_the_event_files_every_value_they_hold_and_the_readers_take_it(tmp_path):
-    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, write_values=True)
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=1, parts=[*default_parts(), ValuesFile()])
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = Trainer(max_epochs=3, callbacks=[rwc], logger=[logger, CSVLogger(tmp_path)], **fit_kwargs())
     trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8))
@@ -111,7 +112,7 @@ def test_a_fit_writes_beside_the_event_files_every_value_they_hold_and_the_reade
 
 def test_a_run_resumed_in_its_log_directory_reads_back_as_its_event_files_do(tmp_path):
     def fit(epochs, ckpt_path=None):
-        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=3, write_values=True)
+        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=3, parts=[*default_parts(), ValuesFile()])
         logger = TensorBoardLogger(tmp_path, name="run", version=0)
         trainer = Trainer(max_epochs=epochs, callbacks=[rwc], logger=logger, **fit_kwargs())
         trainer.fit(make_tiny_module(), tiny_loader(n=32, batch_size=8), ckpt_path=ckpt_path)
@@ -126,8 +127,3 @@ def test_a_run_resumed_in_its_log_directory_reads_back_as_its_event_files_do(tmp
     assert history.steps == [3, 6, 9, 12, 15]
     for i, name in enumerate(history.layers):
         np.testing.assert_array_equal(history.values[i], [scalars[f"rwc/{name}"][s] for s in history.steps])
-
-
-def test_write_values_must_be_a_switch():
-    with pytest.raises(ValueError, match="write_values must be True or False, got 'yes'"):
-        RelativeWeightChange(write_values="yes")

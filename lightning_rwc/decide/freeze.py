@@ -4,11 +4,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning_rwc.validate import check_choice
+from lightning_rwc.validate import check_choice, check_count, check_fraction, choices
 
-ORDERS = ("front", "any")
+FreezeOrder = Literal["front", "any"]
+FREEZE_ORDERS = choices(FreezeOrder)
+
+
+@dataclass(frozen=True)
+class FreezeRule:
+    """When a block counts as settled and how many blocks may be frozen, checked when made.
+
+    Args:
+        threshold: fraction of a block's peak RWC below which it counts as settled.
+        patience: measurements in a row a block must stay settled.
+        warmup: measurements before any block may become a candidate.
+        max_fraction: the largest share of the freezable blocks that may be frozen.
+        order: ``"front"`` (a block only with every block before it) or ``"any"``.
+
+    Raises:
+        ValueError: for a setting out of range.
+
+    Example::
+
+        >>> FreezeRule(threshold=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: threshold must be a fraction in (0, 1), got 1.5
+    """
+
+    threshold: float = 0.5
+    patience: int = 2
+    warmup: int = 2
+    max_fraction: float = 0.75
+    order: FreezeOrder = "front"
+
+    def __post_init__(self) -> None:
+        check_choice("order", self.order, FREEZE_ORDERS)
+        check_fraction("threshold", self.threshold, open_ends=True)
+        check_fraction("max_fraction", self.max_fraction)
+        check_count("patience", self.patience, minimum=0)
+        check_count("warmup", self.warmup, minimum=0)
 
 
 class FreezePolicy:
@@ -24,19 +62,13 @@ class FreezePolicy:
 
     Args:
         blocks: the block names, front to back.
-        threshold: fraction of a block's peak RWC below which it counts as settled.
-        patience: measurements in a row a block must stay settled.
-        warmup: measurements before any block may become a candidate.
-        max_fraction: the largest share of the freezable blocks that may be frozen.
-        order: ``"front"`` or ``"any"``.
+        rule: ``threshold``, ``patience``, ``warmup``, ``max_fraction`` and ``order`` (see :class:`FreezeRule`).
         keep: blocks never frozen (by default the caller keeps the last block, the head).
-
-    Raises:
-        ValueError: for a setting out of range.
 
     Example::
 
-        >>> policy = FreezePolicy(["a", "b", "head"], 0.5, patience=1, warmup=1, max_fraction=1, keep={"head"})
+        >>> rule = FreezeRule(0.5, patience=1, warmup=1, max_fraction=1)
+        >>> policy = FreezePolicy(["a", "b", "head"], rule, keep={"head"})
         >>> policy.update(10, {"a": 0.2, "b": 0.2, "head": 0.2})
         []
         >>> policy.update(20, {"a": 0.05, "b": 0.15, "head": 0.2})  # a settled (below half its peak), b not
@@ -48,26 +80,10 @@ class FreezePolicy:
     """
 
     def __init__(
-        self,
-        blocks: Sequence[str],
-        threshold: float = 0.5,
-        patience: int = 2,
-        warmup: int = 2,
-        max_fraction: float = 0.75,
-        order: Literal["front", "any"] = "front",
-        keep: Sequence[str] | set[str] = (),
+        self, blocks: Sequence[str], rule: FreezeRule | None = None, keep: Sequence[str] | set[str] = ()
     ) -> None:
-        check_choice("order", order, ORDERS)
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be a fraction of the peak RWC in (0, 1), got {threshold!r}")
-        if not 0 <= max_fraction <= 1:
-            raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction!r}")
-        for name, value in (("patience", patience), ("warmup", warmup)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a whole number of measurements >= 0, got {value!r}")
         self.blocks = list(blocks)
-        self.threshold, self.patience, self.warmup, self.max_fraction = threshold, patience, warmup, max_fraction
-        self.order = order
+        self.rule = rule or FreezeRule()
         self.keep = set(keep)
         self.measurements = 0
         self.peaks: dict[str, float] = {}
@@ -78,7 +94,7 @@ class FreezePolicy:
     @property
     def limit(self) -> int:
         """How many blocks may be frozen at most."""
-        return math.floor(self.max_fraction * sum(block not in self.keep for block in self.blocks))
+        return math.floor(self.rule.max_fraction * sum(block not in self.keep for block in self.blocks))
 
     def update(self, step: int, values: Mapping[str, float]) -> list[str]:
         """Take one measurement's block values (at global ``step``); return the blocks to freeze now, front first."""
@@ -89,10 +105,10 @@ class FreezePolicy:
                 continue
             self.peaks[block] = max(self.peaks.get(block, 0.0), value)
             peak = self.peaks[block]
-            settled = self.measurements > self.warmup and peak > 0 and value <= self.threshold * peak
+            settled = self.measurements > self.rule.warmup and peak > 0 and value <= self.rule.threshold * peak
             self.settled[block] = self.settled.get(block, 0) + 1 if settled else 0
-        ready = {b for b in self.blocks if b not in self.keep and self.settled.get(b, 0) >= max(self.patience, 1)}
-        if self.order == "front":
+        ready = {b for b in self.blocks if b not in self.keep and self.settled.get(b, 0) >= max(self.rule.patience, 1)}
+        if self.rule.order == "front":
             chosen = []
             for block in self.blocks:
                 if block in self.frozen or block in self.keep:  # a kept block does not hold back those after it

@@ -4,7 +4,10 @@
 module                 its job
 =====================  ==========================================================================================
 ``functional``         the formula, once: element sums for each norm, ratios from sums, accumulation dtype
+``settings``           :class:`MeasureSettings`: what is measured and how, checked once
 ``tracker``            :class:`WeightChangeTracker`: which parameters, their baselines, one measurement per step
+``measurement``        :class:`Measurement`: one measurement on its way to the host, the single transfer
+``groups``             one backend per device and dtype of the tracked weights
 ``select``             which tensors: filters, their validation, names without wrapper attributes
 ``sharding``           sharded parameters (``DTensor``): local shards, replicas, the one all-reduce, rank agreement
 ``watch``              noticing cheaply that the model's parameters may have changed
@@ -14,11 +17,14 @@ module                 its job
 """
 
 from lightning_rwc.measure.functional import NORMS, Norm, relative_weight_change
+from lightning_rwc.measure.measurement import Measurement
 from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, select_parameters
-from lightning_rwc.measure.tracker import Measurement, WeightChangeTracker
+from lightning_rwc.measure.settings import MeasureSettings
+from lightning_rwc.measure.tracker import WeightChangeTracker
 
 __all__ = [
     "NORMS",
+    "MeasureSettings",
     "Measurement",
     "PARAM_SELECTIONS",
     "Norm",

@@ -26,12 +26,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_rwc.validate import check_choice
+from lightning_rwc.validate import check_choice, choices
 
 Norm = Literal["l1", "l2", "elementwise"]
-NORMS: tuple[str, ...] = ("l1", "l2", "elementwise")
+NORMS = choices(Norm)
 
-ORDERS: dict[str, int] = {"l1": 1, "l2": 2}
+EXPONENTS: dict[str, int] = {"l1": 1, "l2": 2}
 """The norms that are p-norms: their terms are ``|x| ** p`` and their value is the p-th root of the ratio."""
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -88,14 +88,14 @@ def element_sums(
         torch.sum(terms.masked_fill_(~nonzero, 0.0), dim, dtype=out.dtype, out=out[0])
         torch.sum(nonzero, dim, dtype=out.dtype, out=out[1])
         return out
-    order = ORDERS[norm]
+    order = EXPONENTS[norm]
     torch.sum(_power(change, order), dim, dtype=out.dtype, out=out[0])
     torch.sum(_power(previous, order, change), dim, dtype=out.dtype, out=out[1])
     return out
 
 
 def tensor_sums(tensors: Sequence[Tensor], norm: str) -> Tensor:
-    """The sums of ``|x| ** p`` of each tensor for a p-norm (:data:`ORDERS`), in multi-tensor kernels: float64 ``(k,)``.
+    """The sums of ``|x| ** p`` of each tensor for a p-norm (:data:`EXPONENTS`), in multi-tensor kernels, ``(k,)``.
 
     The denominator sums are ``tensor_sums(P)`` and the numerator sums ``tensor_sums(P - W)``.
 
@@ -104,7 +104,7 @@ def tensor_sums(tensors: Sequence[Tensor], norm: str) -> Tensor:
         >>> tensor_sums([torch.tensor([3.0, -4.0]), torch.tensor([1.0])], "l2").tolist()
         [25.0, 1.0]
     """
-    order = ORDERS[norm]
+    order = EXPONENTS[norm]
     accumulate = accumulation_dtype(tensors[0].dtype)
     norms = torch._foreach_norm(list(tensors), order, dtype=None if accumulate == tensors[0].dtype else accumulate)
     sums = torch.stack(norms).to(torch.float64)
@@ -121,7 +121,7 @@ def ratios(sums: Tensor, norm: str) -> Tensor:
     """
     numerators, denominators = sums
     values = torch.where(denominators != 0, numerators / denominators, math.nan)
-    order = ORDERS.get(norm, 1)
+    order = EXPONENTS.get(norm, 1)
     return values if order == 1 else values.pow_(1 / order)
 
 

@@ -14,8 +14,10 @@ from typing import Literal
 
 from torch import nn
 
+from lightning_rwc.validate import choices
+
 ParamSelection = Literal["weights", "trainable"]
-PARAM_SELECTIONS: tuple[str, ...] = ("weights", "trainable")
+PARAM_SELECTIONS = choices(ParamSelection)
 
 WRAPPER_ATTRIBUTES = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
 """Attribute names that wrappers insert anywhere in a parameter's name."""

@@ -9,20 +9,20 @@ the choice of tensors in :mod:`lightning_rwc.measure.select` and the collectives
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lightning_rwc.keys import ALL_KEY
-from lightning_rwc.measure.backends import KERNELS, Backend, Kernel, create_backend
-from lightning_rwc.measure.functional import NORMS, Norm, ratios
-from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, compile_patterns, select_parameters
-from lightning_rwc.measure.sharding import agree, copies, is_sharded, local, read_measurement, reduce_measurement
+from lightning_rwc.measure.backends import Kernel
+from lightning_rwc.measure.functional import Norm, ratios
+from lightning_rwc.measure.groups import BackendGroups, data_pointers
+from lightning_rwc.measure.measurement import Measurement, to_host, wait
+from lightning_rwc.measure.select import ParamSelection, select_parameters
+from lightning_rwc.measure.settings import MeasureSettings
+from lightning_rwc.measure.sharding import agree, is_sharded, local, read_measurement, reduce_measurement
 from lightning_rwc.measure.watch import ParameterWatch
-from lightning_rwc.validate import check_choice
 from lightning_rwc.warn_once import Emit, WarnOnce
 
 
@@ -102,17 +102,14 @@ class WeightChangeTracker:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network itself.")
-        self.include, self.exclude = check_settings(norm, params, include, exclude, kernel)
+        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel)
         self.model = model
-        self.norm = norm
-        self.params = params
-        self.kernel = kernel
-        self.snapshot_device = None if snapshot_device is None else torch.device(snapshot_device)
         self.sharded = any(map(is_sharded, model.parameters()))
+        self._patterns = self.settings.patterns()
         self._warn = WarnOnce(warn)
         self._watch = ParameterWatch(model)
         self._params: dict[str, Tensor] = {}
-        self._groups: list[_Group] = []
+        self._groups = BackendGroups(self.settings, self._warn)
         self._watch.changed()
         selection = self._select()
         self._track(agree(selection, self._warn) if self.sharded else selection)
@@ -133,7 +130,7 @@ class WeightChangeTracker:
 
         On the CPU the snapshot of small tensors also fills the last row of each (up to 255 elements).
         """
-        storages = [snapshot.untyped_storage() for snapshot in self._snapshots().values()]
+        storages = [snapshot.untyped_storage() for snapshot in self._groups.snapshots().values()]
         return sum({storage.data_ptr(): storage.nbytes() for storage in storages}.values())
 
     def step(self) -> dict[str, float]:
@@ -162,7 +159,7 @@ class WeightChangeTracker:
         """
         names, params = list(self._params), list(self._params.values())
         restarted = self._follow_storage(names, params)
-        sums = self._measure() if params else None
+        sums = self._groups.measure() if params else None
         # While the device measures, the host looks for parameters that appeared or went away; those that went away
         # (or were replaced) since the last call were measured for nothing and are left out.
         selection = self._select() if self._watch.changed() else None
@@ -173,7 +170,8 @@ class WeightChangeTracker:
             measured = [i not in restarted and now.get(names[i]) is param for i, param in enumerate(params)]
         arrival = None
         if self.sharded:
-            table = reduce_measurement(sums, measured, self._replicas, selection is not None, self._device)
+            device = self._groups.device or self._any_device()
+            table = reduce_measurement(sums, measured, self._groups.replicas, selection is not None, device)
             sums, measured, changed = read_measurement(wait(*to_host(table)))
             if changed:  # on some rank: every rank selects again, and they keep what all of them select
                 self._track(agree(self._select(), self._warn))
@@ -187,17 +185,17 @@ class WeightChangeTracker:
         kept = None if all(measured) else [i for i, ok in enumerate(measured) if ok]
         return Measurement(names if kept is None else [names[i] for i in kept], sums, arrival, self._values, kept)
 
-    def snapshot_state(self) -> dict[str, Tensor]:
+    def state_dict(self) -> dict[str, Tensor]:
         """A host copy of the baseline of each tracked tensor (this rank's shard, for sharded parameters)."""
-        return {name: snapshot.detach().cpu().clone() for name, snapshot in self._snapshots().items()}
+        return {name: snapshot.detach().cpu().clone() for name, snapshot in self._groups.snapshots().items()}
 
-    def load_snapshot(self, state: dict[str, Tensor]) -> None:
-        """Make the tensors in ``state`` (from :meth:`snapshot_state`) the baseline of the layers of the same name.
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Make the tensors in ``state`` (from :meth:`state_dict`) the baseline of the layers of the same name.
 
         Raises:
             ValueError: if a tensor's shape differs from the tracked one's.
         """
-        snapshots = self._snapshots()
+        snapshots = self._groups.snapshots()
         for name, value in state.items():
             if name in snapshots:
                 if value.shape != snapshots[name].shape:
@@ -209,223 +207,64 @@ class WeightChangeTracker:
     def reset(self) -> None:
         """Make the current weights the new baseline, without measuring."""
         with torch.no_grad():
-            for name, snapshot in self._snapshots().items():
+            for name, snapshot in self._groups.snapshots().items():
                 snapshot.copy_(local(self._params[name]))
 
     def _select(self) -> dict[str, Tensor]:
         """The parameters that pass the filters now, by name."""
-        return dict(select_parameters(self.model, self.params, self.include, self.exclude))
+        return dict(select_parameters(self.model, self.settings.params, *self._patterns))
 
-    def _snapshots(self) -> dict[str, Tensor]:
-        """The baseline of each tracked tensor, by name (views into the backends' storage)."""
-        names, snapshots = list(self._params), {}
-        for group in self._groups:
-            snapshots.update((names[i], s) for i, s in zip(group.positions, group.backend.snapshots, strict=True))
-        return snapshots
+    def _any_device(self) -> torch.device | None:
+        """The device of the model's first parameter, for a rank that tracks nothing now."""
+        param = next(iter(self.model.parameters()), None)
+        return None if param is None else local(param).device
 
     def _track(self, selection: dict[str, Tensor]) -> None:
         """Follow exactly ``selection``: a parameter kept under its name keeps its baseline, others start now."""
-        snapshots = self._snapshots()
+        snapshots = self._groups.snapshots()
         kept = {name: snapshots[name] for name, param in selection.items() if self._params.get(name) is param}
         self._params = selection
-        self._arrange(kept)
+        self._groups.arrange(selection, kept, self.sharded)
 
     def _follow_storage(self, names: list[str], params: list[Tensor]) -> set[int]:
-        """Build the backends again if a weight got new storage (``param.data = ...``, as ``model.to(...)`` does).
+        """Arrange the backends again if a weight got new storage (``param.data = ...``, as ``model.to(...)`` does).
 
         The snapshot follows the weights to their dtype and device and keeps the baseline; a weight given another
         shape starts again. Returns the positions of those (left out of this measurement).
         """
-        if not params or _data_pointers(params, self.sharded) == self._pointers:
+        if not params or data_pointers(params, self.sharded) == self._groups.pointers:
             return set()
         self._watch.forget()  # new storage may come with a new number of dimensions: select again at this step
-        snapshots = self._snapshots()
+        snapshots = self._groups.snapshots()
         restarted = {i for i, name in enumerate(names) if local(params[i]).shape != snapshots[name].shape}
-        self._arrange({n: snapshots[n] for i, n in enumerate(names) if i not in restarted})
+        self._groups.arrange(
+            self._params, {n: snapshots[n] for i, n in enumerate(names) if i not in restarted}, self.sharded
+        )
         return restarted
-
-    def _arrange(self, baselines: dict[str, Tensor]) -> None:
-        """One backend per device and dtype of the tracked weights, from ``baselines``.
-
-        A name without a baseline starts from its current weights.
-        """
-        names, params = list(self._params), list(self._params.values())
-        weights = [local(p) for p in params]
-        positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, w in enumerate(weights):
-            positions.setdefault((w.device, w.dtype), []).append(i)
-        self._groups = []  # the old snapshots live on in ``baselines`` only
-        for members in positions.values():
-            backend = create_backend(
-                [weights[i] for i in members],
-                [baselines.get(names[i]) for i in members],
-                self.norm,
-                self.kernel,
-                self.snapshot_device,
-                self._warn,
-            )
-            self._groups.append(_Group(members, backend))
-        order = [i for group in self._groups for i in group.positions]
-        any_param = next(iter(self.model.parameters()), None)
-        self._device = weights[0].device if weights else local(any_param).device if any_param is not None else None
-        self._order = None if order == sorted(order) else torch.tensor(order).argsort().to(self._device)
-        self._pointers = _data_pointers(params, self.sharded)
-        if self.sharded:
-            self._replicas = torch.tensor([copies(p) for p in params], dtype=torch.float64).to(self._device)
-
-    def _measure(self) -> Tensor:
-        """The ``(2, k)`` float64 sums of every tracked tensor, in tracked order, on the first weight's device."""
-        with torch.no_grad():
-            parts = [group.backend.measure() for group in self._groups]
-        sums = parts[0] if len(parts) == 1 else torch.cat([part.to(self._device) for part in parts], dim=1)
-        return sums if self._order is None else sums[:, self._order]
 
     def _values(self, names: list[str], sums: Tensor) -> dict[str, float]:
         """``{name: value}`` from host sums, plus ``"_all"`` from the sums of all columns; warns of undefined values."""
         sums = torch.cat([sums, sums.sum(dim=1, keepdim=True)], dim=1)
-        values = ratios(sums, self.norm).tolist()
+        values = ratios(sums, self.settings.norm).tolist()
         names = [*names, ALL_KEY]
         if not all(map(math.isfinite, values)):
-            for name, value, denominator in zip(names, values, sums[1].tolist(), strict=True):
-                if denominator == 0.0:
-                    self._warn((name, "zero"), f"RWC of {name!r} is nan: its previous weights are all zero.")
-                elif not math.isfinite(value):
-                    self._warn((name, "nonfinite"), f"RWC of {name!r} is {value}: its weights contain NaN or inf.")
+            self._warn_undefined(names, values, sums[1].tolist())
         return dict(zip(names, values, strict=True))
 
-
-def check_settings(
-    norm: str,
-    params: str,
-    include: str | Sequence[str] | None,
-    exclude: str | Sequence[str] | None,
-    kernel: str,
-) -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
-    """Check the settings of a tracker (a ``ValueError`` names the bad one); return the compiled patterns.
-
-    Example::
-
-        >>> check_settings("l1", "weights", "fc", None, "auto")
-        ([re.compile('fc')], [])
-        >>> check_settings("l1", "biases", None, None, "auto")
-        Traceback (most recent call last):
-        ...
-        ValueError: params must be one of ('weights', 'trainable'), got 'biases'
-    """
-    check_choice("norm", norm, NORMS)
-    check_choice("params", params, PARAM_SELECTIONS)
-    check_choice("kernel", kernel, KERNELS)
-    return compile_patterns(include, "include"), compile_patterns(exclude, "exclude")
-
-
-class Measurement:
-    """One measurement on its way to the host (see :meth:`WeightChangeTracker.measure`).
-
-    Args:
-        names: the names of the measured columns of ``sums``.
-        sums: the ``(2, k)`` float64 sums on the host (still arriving while ``arrival`` has not happened).
-        arrival: a CUDA event recorded after the copy of ``sums``, or ``None`` if they are there already.
-        finish: turns names and host sums into values (the tracker's, with its warnings).
-        columns: the columns of ``sums`` that belong to ``names``; ``None`` for all of them.
-    """
-
-    def __init__(
-        self,
-        names: list[str],
-        sums: Tensor | None,
-        arrival: torch.cuda.Event | None,
-        finish: Callable[[list[str], Tensor], dict[str, float]],
-        columns: list[int] | None = None,
-    ) -> None:
-        self._names, self._sums, self._arrival, self._finish, self._columns = names, sums, arrival, finish, columns
-        self._values: dict[str, float] | None = None
-
-    @classmethod
-    def of(cls, values: dict[str, float], names: list[str] | None = None, sums: Tensor | None = None) -> Measurement:
-        """A measurement whose values (and sums) are known already, as when another rank measured them.
-
-        Example::
-
-            >>> Measurement.of({"fc.weight": 0.5, "_all": 0.5}).values()
-            {'fc.weight': 0.5, '_all': 0.5}
-        """
-        measurement = cls(names or [], sums, None, lambda names, sums: values)
-        measurement._values = values
-        return measurement
-
-    def ready(self) -> bool:
-        """Whether the sums have reached the host (:meth:`values` will not wait)."""
-        return self._arrival is None or self._arrival.query()
-
-    def sums(self) -> tuple[list[str], Tensor]:
-        """The measured tensors' names and their ``(2, k)`` float64 numerator and denominator sums, on the host.
-
-        Sums add up: the value of several tensors taken as one vector (a block, for example) is the ratio of their
-        summed sums (see :func:`~lightning_rwc.blocks.block_values`). Waits for the device like :meth:`values`.
-
-        Example::
-
-            >>> tracker = WeightChangeTracker(torch.nn.Linear(3, 2))
-            >>> names, sums = tracker.measure().sums()
-            >>> names, sums.shape
-            (['weight'], torch.Size([2, 1]))
-        """
-        if self._sums is None:
-            return self._names, torch.zeros(2, 0, dtype=torch.float64)
-        self._sums, self._arrival = wait(self._sums, self._arrival), None
-        if self._columns is not None:
-            self._sums, self._columns = self._sums[:, self._columns], None
-        return self._names, self._sums
-
-    def values(self) -> dict[str, float]:
-        """``{parameter name: RWC}`` plus ``"_all"``, as :meth:`WeightChangeTracker.step` returns them.
-
-        Waits for the device if the sums have not arrived yet.
-        """
-        if self._values is None:
-            names, sums = self.sums()
-            self._values = self._finish(names, sums) if sums.shape[1] else {}
-        return self._values
-
-
-@dataclass
-class _Group:
-    """The tracked tensors of one device and dtype (their positions in tracked order) and the backend measuring them."""
-
-    positions: list[int]
-    backend: Backend
-
-
-def to_host(table: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
-    """The single device-to-host transfer of a measurement: every sum at once.
-
-    From CUDA the copy goes to pinned host memory without waiting for the device, and the returned event marks its
-    arrival; from elsewhere it is an ordinary copy (no event).
-
-    Example::
-
-        >>> host, arrival = to_host(torch.tensor([[1.0, 2.0], [4.0, 8.0]]))
-        >>> host.tolist(), arrival
-        ([[1.0, 2.0], [4.0, 8.0]], None)
-    """
-    if table.device.type != "cuda":
-        return table.cpu(), None
-    host = torch.empty(table.shape, dtype=table.dtype, pin_memory=True)
-    host.copy_(table, non_blocking=True)
-    arrival = torch.cuda.Event()
-    arrival.record(torch.cuda.current_stream(table.device))
-    return host, arrival
-
-
-def wait(host: Tensor, arrival: torch.cuda.Event | None) -> Tensor:
-    """``host`` once the transfer that fills it (see :func:`to_host`) has arrived (waiting only if it has not)."""
-    if arrival is not None and not arrival.query():
-        arrival.synchronize()
-    return host
-
-
-def _data_pointers(params: list[Tensor], sharded: bool) -> list[int]:
-    """Where each tracked tensor's memory starts (its local shard's, for sharded parameters)."""
-    if sharded:
-        return [local(p).data_ptr() for p in params]
-    return list(map(Tensor.data_ptr, params))
+    def _warn_undefined(self, names: list[str], values: list[float], denominators: list[float]) -> None:
+        """One warning for the layers newly without a value (zero previous weights) and one per non-finite value."""
+        layers = list(zip(names[:-1], values, denominators, strict=False))  # "_all" follows from the layers
+        zero = [name for name, _, denominator in layers if denominator == 0.0]
+        self._warn.many(
+            "zero",
+            zero,
+            "RWC of {layer} is nan: its previous weights are all zero.",
+            "RWC of {count} layers is nan: their previous weights are all zero ({names}).",
+        )
+        for kind in {str(value) for _, value, den in layers if den != 0.0 and not math.isfinite(value)}:
+            self._warn.many(
+                ("nonfinite", kind),
+                [name for name, value, den in layers if den != 0.0 and str(value) == kind],
+                f"RWC of {{layer}} is {kind}: its weights contain NaN or inf.",
+                f"RWC of {{count}} layers is {kind}: their weights contain NaN or inf ({{names}}).",
+            )

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import reference_rwc
 
-from lightning_rwc.history import load_history
+from lightning_rwc.runs import load_history
 
 SCRIPT = Path(__file__).with_name("fit_script.py")
 

@@ -9,7 +9,7 @@ import torch
 from conftest import reference_rwc
 
 from lightning_rwc import relative_weight_change
-from lightning_rwc.measure.functional import ORDERS, element_sums, ratios, tensor_sums
+from lightning_rwc.measure.functional import EXPONENTS, element_sums, ratios, tensor_sums
 
 NORMS = ["l1", "l2", "elementwise"]
 
@@ -63,7 +63,7 @@ def test_float64_weights_are_summed_in_float64():
     assert element_sums(previous, current, "l1").dtype == torch.float64
 
 
-@pytest.mark.parametrize("norm", sorted(ORDERS))
+@pytest.mark.parametrize("norm", sorted(EXPONENTS))
 def test_multi_tensor_sums_are_the_element_sums_of_each_tensor(norm):
     tensors = [pair(shape, seed)[0] for seed, shape in enumerate([(3,), (4, 5), (2, 3, 4)])]
     expected = [reference_sums(torch.zeros_like(t), t, norm)[0] for t in tensors]  # sum of |t| ** p

@@ -204,10 +204,10 @@ def test_snapshot_is_one_copy_refreshed_in_place(tiny_net):
     weight_bytes = sum(tracked[n].numel() * 4 for n in tracker.names)
     row_fill = len(tracker.names) * (cpu_backend.ROW - 1) * 4
     assert weight_bytes <= tracker.snapshot_bytes <= weight_bytes + row_fill
-    pointers = [snapshot.data_ptr() for snapshot in tracker._snapshots().values()]
+    pointers = [snapshot.data_ptr() for snapshot in tracker._groups.snapshots().values()]
     perturb(tiny_net, 0, 0.1)
     tracker.step()
-    assert [snapshot.data_ptr() for snapshot in tracker._snapshots().values()] == pointers
+    assert [snapshot.data_ptr() for snapshot in tracker._groups.snapshots().values()] == pointers
     assert tracker.step() == {name: 0.0 for name in [*tracker.names, "_all"]}
 
 
@@ -394,7 +394,7 @@ def test_on_gpu_a_kernel_that_cannot_run_is_reported_once_and_replaced(monkeypat
     model = torchvision.models.resnet18().cuda()
     with pytest.warns(RuntimeWarning, match="multi-tensor kernels.*no C compiler found"):
         tracker = WeightChangeTracker(model)
-    assert [type(group.backend).__name__ for group in tracker._groups] == ["TensorLists"]
+    assert [type(group.backend).__name__ for group in tracker._groups._groups] == ["TensorLists"]
     with pytest.raises(RuntimeError, match="kernel='triton' cannot measure.*no C compiler found"):
         WeightChangeTracker(model, kernel="triton")
     with torch.no_grad():
@@ -466,7 +466,7 @@ def test_multi_tensor_kernels_on_the_cpu_match_reference(norm):
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     tracker = WeightChangeTracker(model, norm=norm, kernel="foreach")
-    assert [type(group.backend).__name__ for group in tracker._groups] == ["TensorLists"]
+    assert [type(group.backend).__name__ for group in tracker._groups._groups] == ["TensorLists"]
     before = weights(model, tracker.names)
     perturb(model, 1, 0.01)
     # rel=1e-4 as on the GPU: PyTorch's CPU norm kernels sum 2.4 M elements in float32 (error about 2e-5 here)
@@ -490,10 +490,7 @@ def test_warnings_go_to_the_given_callable_once_per_layer_and_nowhere_else(tiny_
         tracker.step()
         tracker.step()
     assert caught == []
-    assert messages == [
-        "RWC of 'head.weight' is nan: its weights contain NaN or inf.",
-        "RWC of '_all' is nan: its weights contain NaN or inf.",
-    ]
+    assert messages == ["RWC of 'head.weight' is nan: its weights contain NaN or inf."]
 
 
 def test_a_second_tracker_warns_again_nothing_is_remembered_for_the_process(tiny_net):
@@ -571,3 +568,15 @@ def test_on_gpu_a_measurement_leaves_the_host_free_until_its_values_are_read(sna
         torch.cuda.set_sync_debug_mode("default")
     expected = reference_rwc(before, weights(model, tracker.names), "l1")
     assert pending.values() == pytest.approx(expected, rel=1e-4)
+
+
+def test_many_layers_without_a_value_give_one_warning_with_how_many_and_a_few_names():
+    model = nn.Sequential(*(nn.Linear(4, 4) for _ in range(12)))
+    with torch.no_grad():
+        for layer in model[:10]:
+            layer.weight.zero_()
+    messages = []
+    WeightChangeTracker(model, warn=messages.append).step()
+    assert messages == [
+        "RWC of 10 layers is nan: their previous weights are all zero ('0.weight', '1.weight', '2.weight' and 7 more)."
+    ]

@@ -26,10 +26,11 @@ from lightning_rwc.measure.backends.cpu import CpuBatches
 from lightning_rwc.measure.backends.foreach import TensorLists
 from lightning_rwc.measure.backends.fused import FusedKernel
 from lightning_rwc.measure.backends.host import HostSnapshot
+from lightning_rwc.validate import choices
 from lightning_rwc.warn_once import WarnOnce
 
 Kernel = Literal["auto", "triton", "foreach"]
-KERNELS: tuple[str, ...] = ("auto", "triton", "foreach")
+KERNELS = choices(Kernel)
 
 __all__ = [
     "KERNELS",

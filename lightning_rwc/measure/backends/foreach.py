@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from lightning_rwc.measure.backends.base import Backend, snapshot_of
-from lightning_rwc.measure.functional import ORDERS, element_sums, tensor_sums
+from lightning_rwc.measure.functional import EXPONENTS, element_sums, tensor_sums
 
 
 class TensorLists(Backend):
@@ -41,7 +41,7 @@ def sums_in_place(previous: list[Tensor], current: list[Tensor], norm: str) -> T
     For a p-norm ``previous`` is left holding ``previous - current`` (no memory is allocated); a norm without a
     multi-tensor form is summed one tensor at a time with :func:`~lightning_rwc.measure.functional.element_sums`.
     """
-    if norm not in ORDERS:
+    if norm not in EXPONENTS:
         pairs = zip(previous, current, strict=True)
         return torch.stack([element_sums(p, w, norm).to(torch.float64) for p, w in pairs], dim=1)
     denominators = tensor_sums(previous, norm)

@@ -1,6 +1,6 @@
 """Measuring accelerator weights whose snapshot lives in host memory (``snapshot_device="cpu"``).
 
-The snapshot is cut into pieces of at most :data:`CHUNK` elements. On CUDA each piece goes to the device on one
+The snapshot is cut into pieces of at most :data:`PIECE` elements. On CUDA each piece goes to the device on one
 copy stream, into one of two buffers, while the previous piece is being reduced on the compute stream and the
 weights of the one before travel back to the host on a second copy stream: uploads, reductions and downloads
 overlap, and PCIe carries data both ways at once. The extra device memory is the two buffers.
@@ -14,7 +14,7 @@ from torch import Tensor
 from lightning_rwc.measure.backends.base import Backend, memory_order, snapshot_of
 from lightning_rwc.measure.backends.foreach import sums_in_place
 
-CHUNK = 1 << 22
+PIECE = 1 << 22
 """Elements per piece of a transfer (16 MB of float32): large enough for full PCIe speed, small enough to overlap."""
 
 
@@ -35,8 +35,8 @@ class HostSnapshot(Backend):
         self.snapshots = [snapshot_of(w, b, snapshot_device) for w, b in zip(weights, baselines, strict=True)]
         self.pieces: list[tuple[int, slice]] = []
         for index, weight in enumerate(weights):
-            for start in range(0, weight.numel(), CHUNK):
-                self.pieces.append((index, slice(start, min(start + CHUNK, weight.numel()))))
+            for start in range(0, weight.numel(), PIECE):
+                self.pieces.append((index, slice(start, min(start + PIECE, weight.numel()))))
         device = weights[0].device
         self.owners = torch.tensor([index for index, _ in self.pieces], dtype=torch.int64, device=device)
         size = max((piece.stop - piece.start for _, piece in self.pieces), default=0)

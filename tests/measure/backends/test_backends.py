@@ -48,7 +48,7 @@ def move(tensors: list[torch.Tensor], seed: int) -> None:
 def small_batches(monkeypatch):
     monkeypatch.setattr(cpu_backend, "ROW", 8)
     monkeypatch.setattr(cpu_backend, "BATCH", 64)  # tensors of 16 elements or more are measured alone, in pieces
-    monkeypatch.setattr(host_backend, "CHUNK", 7)  # the host snapshot moves in pieces of 7 elements
+    monkeypatch.setattr(host_backend, "PIECE", 7)  # the host snapshot moves in pieces of 7 elements
 
 
 @pytest.mark.usefixtures("small_batches")

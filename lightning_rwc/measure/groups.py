@@ -1,0 +1,89 @@
+"""The tracked tensors grouped by device and dtype, each group measured by its backend, sums in tracked order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_rwc.measure.backends import Backend, create_backend
+from lightning_rwc.measure.settings import MeasureSettings
+from lightning_rwc.measure.sharding import copies, local
+from lightning_rwc.warn_once import WarnOnce
+
+
+@dataclass
+class _Group:
+    """The tracked tensors of one device and dtype (their positions in tracked order) and the backend measuring them."""
+
+    positions: list[int]
+    backend: Backend
+
+
+class BackendGroups:
+    """One backend per device and dtype of the tracked weights, and their sums put back in tracked order.
+
+    Args:
+        settings: the tracker's settings (norm, kernel, snapshot device).
+        warn: where the backends' warnings go.
+    """
+
+    def __init__(self, settings: MeasureSettings, warn: WarnOnce) -> None:
+        self.settings, self._warn = settings, warn
+        self._names: list[str] = []
+        self._groups: list[_Group] = []
+        self.device: torch.device | None = None
+        """Where the sums of a measurement are gathered: the first weight's device."""
+        self.pointers: list[int] = []
+        """Where each tracked tensor's memory started when the groups were arranged."""
+        self.replicas: Tensor | None = None
+        """For sharded parameters, how many ranks hold each shard."""
+        self._order: Tensor | None = None
+
+    def arrange(self, params: dict[str, Tensor], baselines: dict[str, Tensor], sharded: bool) -> None:
+        """Measure ``params`` from now on, each against its baseline (its current weights where it has none)."""
+        names, params_list = list(params), list(params.values())
+        weights = [local(p) for p in params_list]
+        positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, w in enumerate(weights):
+            positions.setdefault((w.device, w.dtype), []).append(i)
+        self._names, self._groups = names, []  # the old snapshots live on in ``baselines`` only
+        settings = self.settings
+        for members in positions.values():
+            backend = create_backend(
+                [weights[i] for i in members],
+                [baselines.get(names[i]) for i in members],
+                settings.norm,
+                settings.kernel,
+                settings.snapshot_device,
+                self._warn,
+            )
+            self._groups.append(_Group(members, backend))
+        order = [i for group in self._groups for i in group.positions]
+        self.device = weights[0].device if weights else None
+        self._order = None if order == sorted(order) else torch.tensor(order).argsort().to(self.device)
+        self.pointers = data_pointers(params_list, sharded)
+        if sharded:
+            self.replicas = torch.tensor([copies(p) for p in params_list], dtype=torch.float64).to(self.device)
+
+    def snapshots(self) -> dict[str, Tensor]:
+        """The baseline of each tracked tensor, by name (views into the backends' storage)."""
+        snapshots = {}
+        for group in self._groups:
+            snapshots.update((self._names[i], s) for i, s in zip(group.positions, group.backend.snapshots, strict=True))
+        return snapshots
+
+    def measure(self) -> Tensor:
+        """The ``(2, k)`` float64 sums of every tracked tensor, in tracked order, on :attr:`device`."""
+        with torch.no_grad():
+            parts = [group.backend.measure() for group in self._groups]
+        sums = parts[0] if len(parts) == 1 else torch.cat([part.to(self.device) for part in parts], dim=1)
+        return sums if self._order is None else sums[:, self._order]
+
+
+def data_pointers(params: list[Tensor], sharded: bool) -> list[int]:
+    """Where each tracked tensor's memory starts (its local shard's, for sharded parameters)."""
+    if sharded:
+        return [local(p).data_ptr() for p in params]
+    return list(map(Tensor.data_ptr, params))
