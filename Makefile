@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.parts
 
 screenshots: $(STAMP)
 	$(BIN)/python docs/screenshots.py

@@ -40,7 +40,7 @@ def bench_history(smoke: bool) -> list[dict]:
     start = time.perf_counter()
     for step in range(1, measurements + 1):
         values = dict(zip(names, (base / step**0.5).tolist(), strict=True)) | {"_all": 0.01 / step**0.5}
-        rwc._in_flight.append((step, step // 1000, Measurement.of(values)))
+        rwc._pending.add(step, step // 1000, Measurement.of(values))
         rwc._hand_over(trainer, wait=False)
     seconds = time.perf_counter() - start
     held = tracemalloc.get_traced_memory()[0] - before

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from benchmarks import every_step, long_runs
+from benchmarks.tables import publish, table
 from benchmarks.timing import interleaved
 from lightning_rwc.measure import WeightChangeTracker, select_parameters
 
@@ -230,19 +231,6 @@ def bench_clustering(smoke: bool) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    for row in rows[1:]:
-        keys += [k for k in row if k not in keys]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def with_ratios(rows: list[dict], device: torch.device) -> list[dict]:
     target = 2.0 if device.type == "cuda" else 1.5
     for row in rows:
@@ -307,11 +295,7 @@ def main() -> None:
     if "large" not in args.skip and device.type == "cuda":
         title, rows = every_step.bench_large(device, repeats)
         parts += [f"## One measurement of GPT-2 1.5B ({title}; {name})", table(rows)]
-    report = "\n\n".join(parts) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(report)
+    publish(parts, args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Names shared by the writer and the readers of RWC logs."""
 
+from collections.abc import Iterable
+
 ALL_KEY = "_all"
 """Key of the value for all tracked weights taken as one vector."""
 
@@ -58,3 +60,15 @@ def values_folder(prefix: str = DEFAULT_PREFIX) -> str:
         'rwc_values'
     """
     return f"{prefix}{VALUES_SUFFIX}"
+
+
+def monitored_keys(monitors: Iterable[object], prefix: str = DEFAULT_PREFIX) -> set[str]:
+    """Which of ``monitors`` (what callbacks and schedulers monitor) are keys logged under ``prefix``.
+
+    Example::
+
+        >>> sorted(monitored_keys(["val_loss", "rwc/fc.weight", "rwc_health/dead_layers", None]))
+        ['rwc/fc.weight', 'rwc_health/dead_layers']
+    """
+    heads = (f"{prefix}/", f"{cluster_prefix(prefix)}/", f"{health_prefix(prefix)}/", f"{freeze_prefix(prefix)}/")
+    return {monitor for monitor in monitors if isinstance(monitor, str) and monitor.startswith(heads)}

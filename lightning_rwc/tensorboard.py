@@ -6,6 +6,7 @@ start of a tag, so every layer name is escaped; ``Margin`` charts take three exa
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -193,13 +194,50 @@ def recover_dir(target: Path) -> None:
         old.rename(target)
 
 
+def use_fast_checksums() -> bool:
+    """Make TensorBoard's event writer checksum each record with ``google-crc32c`` (in C) instead of pure Python.
+
+    TensorBoard's record writer computes the CRC-32C of every event in Python, on its writer thread, holding the
+    interpreter for longer than the rest of logging a measurement. The checksums are the same, bit for bit, so the
+    files do not change; only TensorBoard's module-level function is replaced, once per process.
+
+    Returns:
+        Whether the C implementation is in use (``False`` where ``google-crc32c`` or its C extension is missing).
+    """
+    try:
+        import google_crc32c
+    except ImportError:
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    if google_crc32c.implementation != "c":
+        return False
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C of an event file record (TFRecord framing), computed in C.
+
+    Example::
+
+        >>> from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as in_python
+        >>> masked_crc32c(b"event") == in_python(b"event")
+        True
+    """
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int, head: str = "") -> bool:
     """Write ``values`` as scalars at ``step`` in **one** event (one ``Summary`` holding every value).
 
-    ``SummaryWriter.add_scalar`` makes one event per value, which costs about 0.1 ms each; readers (TensorBoard,
-    :func:`~lightning_rwc.history.load_history`) see the same tags, steps and values either way. Each tag is ``head``
-    followed by the key (see :func:`log_and_find_head`). Nothing is written if the writer was closed (its
-    ``file_writer`` is gone).
+    ``SummaryWriter.add_scalar`` makes one event per value; readers (TensorBoard,
+    :func:`~lightning_rwc.runs.load_history`) see the same tags, steps and values either way. Each tag is ``head``
+    followed by the key (see :func:`log_and_find_head`). The summary is encoded by :func:`summary_bytes`. Nothing is
+    written if the writer was closed (its ``file_writer`` is gone).
 
     Returns:
         Whether the values were written.
@@ -217,9 +255,67 @@ def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int,
 
     if writer.file_writer is None:
         return False
-    summary = Summary(value=[Summary.Value(tag=head + tag, simple_value=value) for tag, value in values.items()])
-    writer.file_writer.add_summary(summary, global_step=step)
+    encoded = summary_bytes(_SummaryLayout.of(head, tuple(values)), values.values())
+    writer.file_writer.add_summary(Summary.FromString(encoded), global_step=step)
     return True
+
+
+def summary_bytes(layout: _SummaryLayout, values: Iterable[float]) -> bytes:
+    """A ``Summary`` of one scalar (``simple_value``) per tag of ``layout``, in protobuf's wire format.
+
+    The bytes around the values are the same every time the tags are: they are laid out once (see
+    :class:`_SummaryLayout`) and each call only places the values, as float32 like ``simple_value``, with NumPy.
+
+    Example::
+
+        >>> from tensorboard.compat.proto.summary_pb2 import Summary
+        >>> encoded = summary_bytes(_SummaryLayout.of("", ("rwc/a", "rwc/b")), [0.5, 0.25])
+        >>> [(value.tag, value.simple_value) for value in Summary.FromString(encoded).value]
+        [('rwc/a', 0.5), ('rwc/b', 0.25)]
+    """
+    floats = np.fromiter(values, dtype=np.float64, count=layout.slots.size // 4)
+    with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
+        floats = floats.astype("<f4")
+    encoded = layout.template.copy()
+    encoded[layout.slots] = floats.view(np.uint8)
+    return encoded.tobytes()
+
+
+class _SummaryLayout:
+    """The wire format of a ``Summary`` of scalars with given tags, without the values: bytes and value slots.
+
+    Each value is field 1 of the summary (length-delimited), holding the tag (field 1, a string) and the value
+    (field 2, a 32-bit float). The layouts of the latest tag lists are kept, so that a run that logs the same
+    layers again and again lays them out once.
+    """
+
+    def __init__(self, tags: Sequence[str]) -> None:
+        pieces, slots, position = [], [], 0
+        for tag in tags:
+            name = tag.encode()
+            inner = b"\x0a" + _varint(len(name)) + name + b"\x15"
+            head = b"\x0a" + _varint(len(inner) + 4) + inner
+            pieces += [head, bytes(4)]
+            slots.append(position + len(head))
+            position += len(head) + 4
+        self.template = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
+        self.slots = (np.array(slots, dtype=np.intp)[:, None] + np.arange(4)).ravel()
+
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def of(head: str, keys: tuple[str, ...]) -> _SummaryLayout:
+        """The layout of the tags ``head + key`` for ``keys``."""
+        return _SummaryLayout([head + key for key in keys])
+
+
+def _varint(number: int) -> bytes:
+    """``number`` as a protobuf varint (7 bits a byte, lowest first)."""
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
 
 
 def log_and_find_head(logger: TensorBoardLogger, values: Mapping[str, float], step: int) -> str | None:

@@ -100,6 +100,20 @@ def check_switch(name: str, value: object) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_prefix(value: object, name: str = "log_prefix") -> None:
+    """A non-empty string without ``/``: the first part of a logged key.
+
+    Example::
+
+        >>> check_prefix("a/b")
+        Traceback (most recent call last):
+        ...
+        ValueError: log_prefix must be a non-empty string without '/', got 'a/b'
+    """
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ValueError(f"{name} must be a non-empty string without '/', got {value!r}")
+
+
 def _number(value: object) -> float | None:
     """``value`` as a float if it is a real number (not a bool, not nan), else ``None``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):

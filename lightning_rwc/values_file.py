@@ -1,12 +1,12 @@
 """Every measurement of a run in compact binary files beside its logs: appended as it goes, read back at once.
 
-Reading event files back costs about 4.5 us a value (23 s for 1,000 layers x 5,000 measurements on a 2-core CPU);
-these files are read with one NumPy call per segment. The folder (``{log_prefix}_values`` in the log directory)
-holds segments numbered in the order they were started (one per process, and a new one when the measured layers
-change). Segment ``000000`` is ``000000.json``, naming its layers, and ``000000.bin``, one row per measurement:
-``step`` (int64), ``epoch`` (int64), ``_all`` (float32), then one float32 per layer, little-endian. A row cut off
-by a crash is left out with a warning; a later row at the same step replaces an earlier one, as TensorBoard does
-with a resumed run.
+Reading event files back means decoding every value of every event; these files are read with one NumPy call per
+segment (the benchmarks in ``benchmarks/long_runs.py`` compare the two). The folder (``{log_prefix}_values`` in the
+log directory) holds segments numbered in the order they were started (one per process, and a new one when the
+measured layers change). Segment ``000000`` is ``000000.json``, naming its layers, and ``000000.bin``, one row per
+measurement: ``step`` (int64), ``epoch`` (int64), ``_all`` (float32), then one float32 per layer, little-endian. A
+row cut off by a crash is left out with a warning; a later row at the same step replaces an earlier one, as
+TensorBoard does with a resumed run.
 """
 
 from __future__ import annotations

@@ -32,3 +32,14 @@ def test_benchmark_smoke_run_writes_every_table(tmp_path):
     assert "| resnet18 |" in report and "| 1000 | hdbscan |" in report
     assert "| callback every step, TensorBoard |" in report and "| one event (write_scalars) |" in report
     assert "| values file | 20000 |" in report
+
+
+@pytest.mark.slow
+def test_parts_benchmark_smoke_run_writes_every_table(tmp_path):
+    out = tmp_path / "parts.md"
+    command = [sys.executable, "-m", "benchmarks.parts", "--smoke", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    report = out.read_text()
+    assert "| RelativeWeightChange() (default parts) |" in report
+    assert "| 1000 | Loggers (TensorBoard, one event) |" in report
+    assert "| encoded summary, google-crc32c (C) |" in report

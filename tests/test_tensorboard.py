@@ -155,3 +155,41 @@ def test_heatmap_of_a_long_run_is_bounded_and_bins_are_means_of_logarithms():
     # 4 measurements into 2 bins of 2: the bins hold the mean of log10, so (1e-1, 1e-3) reads like 1e-2
     small = heatmap_image(np.array([[1e-1, 1e-3, 1e-2, 1e-2], [1e-4, 1e-4, 1.0, np.nan]]), cell=1, max_pixels=(8, 2))
     assert small.tolist() == [[[128, 128], [1, 255]]]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [["rwc/a.weight", "rwc/_all"], [f"rwc/{'deep.' * 40}{i}.weight" for i in range(3)], ["rwc/ünïcode.weight"]],
+    ids=["short tags", "tags longer than 127 bytes", "non-ASCII tag"],
+)
+def test_summaries_are_encoded_byte_for_byte_as_protobuf_encodes_them(tags):
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from lightning_rwc.tensorboard import _SummaryLayout, summary_bytes
+
+    rng = np.random.default_rng(0)
+    for values in (rng.lognormal(-5, 3, len(tags)), [1e40, -1e-45, 0.0][: len(tags)] + [3.0] * (len(tags) - 3)):
+        values = [float(v) for v in values]
+        expected = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, values, strict=True)])
+        assert summary_bytes(_SummaryLayout.of("", tuple(tags)), values) == expected.SerializeToString()
+    nan = Summary.FromString(summary_bytes(_SummaryLayout.of("", tuple(tags)), [float("nan")] * len(tags)))
+    assert [value.tag for value in nan.value] == tags and all(np.isnan(value.simple_value) for value in nan.value)
+
+
+def test_checksums_in_c_equal_tensorboards_and_its_reader_accepts_them(tmp_path):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as in_python
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_rwc.tensorboard import masked_crc32c, use_fast_checksums, write_scalars
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 8, 9, 1000, 65_537):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert masked_crc32c(data) == in_python(data)
+    assert use_fast_checksums()
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(3):
+        write_scalars(writer, {"rwc/a.weight": 0.5 / (step + 1), "rwc/_all": 0.25}, step)
+    writer.close()
+    scalars = EventAccumulator(str(tmp_path)).Reload().Scalars("rwc/a.weight")  # checks every record's checksums
+    assert [(e.step, e.value) for e in scalars] == [(0, 0.5), (1, 0.25), (2, pytest.approx(0.5 / 3))]

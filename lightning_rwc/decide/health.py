@@ -44,8 +44,11 @@ class HealthCheck:
 
     def update(self, values: Mapping[str, float]) -> tuple[list[str], list[str]]:
         """Take one measurement's ``{layer: RWC}`` (with ``"_all"``); return the layers newly dead and runaway."""
-        names = [name for name in values if name != ALL_KEY]
-        rwc = np.fromiter((values[name] for name in names), dtype=np.float64, count=len(names))
+        names = list(values)
+        rwc = np.fromiter(values.values(), dtype=np.float64, count=len(names))
+        if ALL_KEY in values:  # the layers alone
+            keep = np.arange(len(names)) != names.index(ALL_KEY)
+            names, rwc = [name for name in names if name != ALL_KEY], rwc[keep]
         finite = np.isfinite(rwc)
         median = float(np.median(rwc[finite])) if finite.any() else math.nan
         still = finite & (rwc == 0) if values.get(ALL_KEY, 0.0) > 0 else np.zeros_like(finite)

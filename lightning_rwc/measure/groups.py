@@ -67,6 +67,21 @@ class BackendGroups:
         if sharded:
             self.replicas = torch.tensor([copies(p) for p in params_list], dtype=torch.float64).to(self.device)
 
+    def follow_storage(self, params: dict[str, Tensor], sharded: bool) -> set[int] | None:
+        """Arrange again if a weight got new storage (``param.data = ...``, as ``model.to(...)`` does).
+
+        The snapshot follows the weights to their dtype and device and keeps the baseline; a weight given another
+        shape starts again. Returns the positions of those (to leave out of this measurement), or ``None`` if no
+        weight got new storage.
+        """
+        names, tensors = list(params), list(params.values())
+        if not tensors or data_pointers(tensors, sharded) == self.pointers:
+            return None
+        snapshots = self.snapshots()
+        restarted = {i for i, name in enumerate(names) if local(tensors[i]).shape != snapshots[name].shape}
+        self.arrange(params, {n: snapshots[n] for i, n in enumerate(names) if i not in restarted}, sharded)
+        return restarted
+
     def snapshots(self) -> dict[str, Tensor]:
         """The baseline of each tracked tensor, by name (views into the backends' storage)."""
         snapshots = {}

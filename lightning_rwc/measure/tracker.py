@@ -8,17 +8,16 @@ the choice of tensors in :mod:`lightning_rwc.measure.select` and the collectives
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_rwc.keys import ALL_KEY
 from lightning_rwc.measure.backends import Kernel
-from lightning_rwc.measure.functional import Norm, ratios
-from lightning_rwc.measure.groups import BackendGroups, data_pointers
-from lightning_rwc.measure.measurement import Measurement, to_host, wait
+from lightning_rwc.measure.functional import Norm
+from lightning_rwc.measure.groups import BackendGroups
+from lightning_rwc.measure.measurement import Measurement, named_values, to_host, wait
 from lightning_rwc.measure.select import ParamSelection, select_parameters
 from lightning_rwc.measure.settings import MeasureSettings
 from lightning_rwc.measure.sharding import agree, is_sharded, local, read_measurement, reduce_measurement
@@ -30,41 +29,33 @@ class WeightChangeTracker:
     """Measure the relative weight change (RWC) of each layer between consecutive calls of :meth:`step`.
 
     For a tracked tensor ``W`` whose previous measurement (or, the first time, its value when tracking started) is
-    ``P``, the value returned under its parameter name is
-
-    - ``norm="l1"`` (the paper's formula): ``||W - P||_1 / ||P||_1``;
-    - ``norm="l2"``: ``||W - P||_2 / ||P||_2`` (Frobenius norms);
-    - ``norm="elementwise"`` (what the authors' released code computed): the mean over the elements of
-      ``|W - P| / |P|``, leaving out elements whose previous value is exactly zero (they would be infinite).
-
-    The key ``"_all"`` holds the same ratio for all tracked tensors taken as one vector (for ``l1`` the summed
-    absolute changes over the summed absolute weights, never a sum of per-layer ratios).
+    ``P``, the value returned under its parameter name is ``||W - P|| / ||P||`` in the chosen norm (see
+    :mod:`lightning_rwc.measure.functional`). The key ``"_all"`` holds the same ratio for all tracked tensors taken
+    as one vector (for ``l1`` the summed absolute changes over the summed absolute weights, never a sum of per-layer
+    ratios).
 
     Everything is computed on the device of the weights, with sums accumulated in float32 (float64 for float64
     weights), and the sums of all layers reach the host in one transfer. A layer whose previous weights are all zero
     gets ``nan`` (the ratio is undefined) and NaN or inf weights give ``nan`` or ``inf``; each case is reported once
     per layer through ``warn``, never by an exception.
 
-    Parameters are named as in ``model.named_parameters()`` without the attributes that wrappers insert
-    (``torch.compile``'s ``_orig_mod.``, activation checkpointing, ``DistributedDataParallel``'s ``module.``; see
-    :mod:`lightning_rwc.measure.select`). With sharded parameters (``DTensor``), create the tracker and call
-    :meth:`step` on every rank: each rank measures its shards and one all-reduce per step adds them up.
+    Names are those of ``named_parameters()`` without what wrappers insert (:mod:`lightning_rwc.measure.select`).
+    With sharded parameters (``DTensor``), call :meth:`step` on every rank: one all-reduce adds up the shards.
 
     Args:
         model: the module whose parameters are tracked. Only parameters with ``requires_grad`` are tracked; a
             parameter shared by several modules is measured once, under its first name.
-        norm: ``"l1"``, ``"l2"`` or ``"elementwise"`` (see above).
+        norm: ``"l1"`` (the paper's formula), ``"l2"`` (Frobenius norms) or ``"elementwise"`` (what the authors'
+            released code computed: the mean of ``|W - P| / |P|`` over the elements where ``P`` is not zero).
         params: ``"weights"`` tracks parameters with more than one dimension (conv and linear kernels,
             embeddings), as the paper's code did; ``"trainable"`` tracks every trainable parameter.
         include: regular expressions; when given, only parameters whose name matches one (``re.search``) are kept.
         exclude: regular expressions; parameters whose name matches one are left out.
-        snapshot_device: where the snapshot lives. ``None`` keeps it beside each weight (fastest);
-            ``"cpu"`` keeps it in host memory, for accelerators that are full, and streams it one tensor at a time.
+        snapshot_device: ``None`` keeps the snapshot beside each weight (fastest); ``"cpu"`` in host memory.
         kernel: ``"auto"`` measures CUDA weights with a fused Triton kernel where it works (PyTorch's multi-tensor
             kernels otherwise, with a warning) and CPU weights in cache-sized batches; ``"foreach"`` uses PyTorch's
             multi-tensor kernels everywhere; ``"triton"`` insists on the Triton kernel.
-        warn: where warnings go (each is given once per tracker, layer and kind); by default a
-            :class:`RuntimeWarning` pointing at the caller.
+        warn: where warnings go (once per layer and kind); by default a :class:`RuntimeWarning` at the caller.
 
     Attributes:
         sharded: whether the model holds sharded parameters (then every rank measures its shards).
@@ -110,6 +101,7 @@ class WeightChangeTracker:
         self._watch = ParameterWatch(model)
         self._params: dict[str, Tensor] = {}
         self._groups = BackendGroups(self.settings, self._warn)
+        self._finish = functools.partial(named_values, norm=self.settings.norm, warn=self._warn)
         self._watch.changed()
         selection = self._select()
         self._track(agree(selection, self._warn) if self.sharded else selection)
@@ -119,6 +111,14 @@ class WeightChangeTracker:
                 f"include={include!r}, exclude={exclude!r}. Loosen the filters (for example params='trainable')."
             )
 
+    @classmethod
+    def from_settings(
+        cls, model: nn.Module, settings: MeasureSettings, warn: Emit | None = None
+    ) -> WeightChangeTracker:
+        """A tracker of ``model`` with ``settings`` (as the callback makes one)."""
+        s = settings
+        return cls(model, s.norm, s.params, s.include, s.exclude, s.snapshot_device, s.kernel, warn)
+
     @property
     def names(self) -> list[str]:
         """Names of the tracked parameters, in the order of ``model.named_parameters()``."""
@@ -126,10 +126,7 @@ class WeightChangeTracker:
 
     @property
     def snapshot_bytes(self) -> int:
-        """Bytes held by the snapshot: one copy of the tracked weights (or of this rank's shards).
-
-        On the CPU the snapshot of small tensors also fills the last row of each (up to 255 elements).
-        """
+        """Bytes held by the snapshot: one copy of the tracked weights (or shards), small CPU tensors' rows filled."""
         storages = [snapshot.untyped_storage() for snapshot in self._groups.snapshots().values()]
         return sum({storage.data_ptr(): storage.nbytes() for storage in storages}.values())
 
@@ -158,7 +155,10 @@ class WeightChangeTracker:
             (True, {'weight': 0.0, '_all': 0.0})
         """
         names, params = list(self._params), list(self._params.values())
-        restarted = self._follow_storage(names, params)
+        restarted = self._groups.follow_storage(self._params, self.sharded)
+        if restarted is not None:  # new storage may come with a new number of dimensions: select again at this step
+            self._watch.forget()
+        restarted = restarted or set()
         sums = self._groups.measure() if params else None
         # While the device measures, the host looks for parameters that appeared or went away; those that went away
         # (or were replaced) since the last call were measured for nothing and are left out.
@@ -181,9 +181,9 @@ class WeightChangeTracker:
             if selection is not None:
                 self._track(selection)
         if sums is None or not any(measured):
-            return Measurement([], None, None, self._values)
+            return Measurement([], None, None, self._finish)
         kept = None if all(measured) else [i for i, ok in enumerate(measured) if ok]
-        return Measurement(names if kept is None else [names[i] for i in kept], sums, arrival, self._values, kept)
+        return Measurement(names if kept is None else [names[i] for i in kept], sums, arrival, self._finish, kept)
 
     def state_dict(self) -> dict[str, Tensor]:
         """A host copy of the baseline of each tracked tensor (this rank's shard, for sharded parameters)."""
@@ -225,46 +225,3 @@ class WeightChangeTracker:
         kept = {name: snapshots[name] for name, param in selection.items() if self._params.get(name) is param}
         self._params = selection
         self._groups.arrange(selection, kept, self.sharded)
-
-    def _follow_storage(self, names: list[str], params: list[Tensor]) -> set[int]:
-        """Arrange the backends again if a weight got new storage (``param.data = ...``, as ``model.to(...)`` does).
-
-        The snapshot follows the weights to their dtype and device and keeps the baseline; a weight given another
-        shape starts again. Returns the positions of those (left out of this measurement).
-        """
-        if not params or data_pointers(params, self.sharded) == self._groups.pointers:
-            return set()
-        self._watch.forget()  # new storage may come with a new number of dimensions: select again at this step
-        snapshots = self._groups.snapshots()
-        restarted = {i for i, name in enumerate(names) if local(params[i]).shape != snapshots[name].shape}
-        self._groups.arrange(
-            self._params, {n: snapshots[n] for i, n in enumerate(names) if i not in restarted}, self.sharded
-        )
-        return restarted
-
-    def _values(self, names: list[str], sums: Tensor) -> dict[str, float]:
-        """``{name: value}`` from host sums, plus ``"_all"`` from the sums of all columns; warns of undefined values."""
-        sums = torch.cat([sums, sums.sum(dim=1, keepdim=True)], dim=1)
-        values = ratios(sums, self.settings.norm).tolist()
-        names = [*names, ALL_KEY]
-        if not all(map(math.isfinite, values)):
-            self._warn_undefined(names, values, sums[1].tolist())
-        return dict(zip(names, values, strict=True))
-
-    def _warn_undefined(self, names: list[str], values: list[float], denominators: list[float]) -> None:
-        """One warning for the layers newly without a value (zero previous weights) and one per non-finite value."""
-        layers = list(zip(names[:-1], values, denominators, strict=False))  # "_all" follows from the layers
-        zero = [name for name, _, denominator in layers if denominator == 0.0]
-        self._warn.many(
-            "zero",
-            zero,
-            "RWC of {layer} is nan: its previous weights are all zero.",
-            "RWC of {count} layers is nan: their previous weights are all zero ({names}).",
-        )
-        for kind in {str(value) for _, value, den in layers if den != 0.0 and not math.isfinite(value)}:
-            self._warn.many(
-                ("nonfinite", kind),
-                [name for name, value, den in layers if den != 0.0 and str(value) == kind],
-                f"RWC of {{layer}} is {kind}: its weights contain NaN or inf.",
-                f"RWC of {{count}} layers is {kind}: their weights contain NaN or inf ({{names}}).",
-            )

@@ -16,12 +16,13 @@ part                   its job
 your own by subclassing :class:`Part`.
 """
 
-from lightning_rwc.parts.base import Part, Record
+from lightning_rwc.parts.base import Part, Record, check_parts
 from lightning_rwc.parts.clusters import LiveClustering
 from lightning_rwc.parts.health import HealthFlags
 from lightning_rwc.parts.history import History
 from lightning_rwc.parts.images import Heatmap, Histogram
 from lightning_rwc.parts.loggers import Loggers
+from lightning_rwc.parts.state import load_parts_state_dict, part_key, parts_state_dict
 from lightning_rwc.parts.values import ValuesFile
 
 __all__ = [
@@ -34,7 +35,11 @@ __all__ = [
     "Part",
     "Record",
     "ValuesFile",
+    "check_parts",
     "default_parts",
+    "load_parts_state_dict",
+    "part_key",
+    "parts_state_dict",
 ]
 
 

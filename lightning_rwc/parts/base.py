@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,3 +82,16 @@ class Part:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`."""
+
+
+def check_parts(parts: Iterable[object]) -> list[Part]:
+    """``parts`` as a list, if every one is a :class:`Part`.
+
+    Raises:
+        ValueError: naming what is not a part.
+    """
+    parts = list(parts)
+    wrong = [part for part in parts if not isinstance(part, Part)]
+    if wrong:
+        raise ValueError(f"parts must be Part instances (see lightning_rwc.parts), got {wrong!r}")
+    return parts

@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX
 from lightning_rwc.parts.base import Part
-from lightning_rwc.tensorboard import layer_layout, log_and_find_head, write_scalars
+from lightning_rwc.tensorboard import layer_layout, log_and_find_head, use_fast_checksums, write_scalars
 from lightning_rwc.validate import check_seconds
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class Loggers(Part):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rwc: RelativeWeightChange) -> None:
         self._prefix = rwc.log_prefix
+        if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            use_fast_checksums()
         if not trainer.loggers:
             rwc.warn(
                 "no-logger",

@@ -1,0 +1,43 @@
+"""When the callback measures: after every n-th optimizer step, at the end of every n-th epoch, or both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_rwc.validate import check_count
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Measure after every ``every_n_steps``-th optimizer step and/or at the end of every ``every_n_epochs``-th epoch.
+
+    A step is measured once even when both fall on it.
+
+    Raises:
+        ValueError: if a setting is not a whole number >= 1 or ``None``, or both are ``None``.
+
+    Example::
+
+        >>> schedule = Schedule(every_n_epochs=None, every_n_steps=5)
+        >>> [step for step in range(1, 16) if schedule.after_step(step, last=-1)]
+        [5, 10, 15]
+        >>> schedule.at_epoch_end(epoch=0, step=15, last=15)
+        False
+    """
+
+    every_n_epochs: int | None = 1
+    every_n_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_count("every_n_epochs", self.every_n_epochs, optional=True)
+        check_count("every_n_steps", self.every_n_steps, optional=True)
+        if self.every_n_epochs is None and self.every_n_steps is None:
+            raise ValueError("Set every_n_epochs or every_n_steps (or both): with both None nothing is measured")
+
+    def after_step(self, step: int, last: int) -> bool:
+        """Whether to measure after optimizer step ``step`` (the global step), ``last`` being the last measured."""
+        return bool(self.every_n_steps) and step > 0 and step != last and step % self.every_n_steps == 0
+
+    def at_epoch_end(self, epoch: int, step: int, last: int) -> bool:
+        """Whether to measure at the end of ``epoch`` (counted from 0), reached at global ``step``."""
+        return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0 and step != last
