@@ -3,6 +3,8 @@
 - ``bench_step``: ``Trainer.fit`` of a deep MLP (``Linear(64, 64)`` layers, batch 16, one CPU thread) measured
   every step: no monitoring, the bare tracker (``tracker.step()`` in a callback, values thrown away) and the
   callback with its default parts logging to TensorBoard; rounds in shuffled order, the median step of each;
+- ``bench_hooks``: the callback and the bare tracker in the same fit, each timing its batch-end hook (whole-step
+  times of separate fits drift by more than the difference between them on a shared machine);
 - ``bench_parts``: each part alone, handed the same synthetic measurements (150 and 1,000 layers) through the
   callback's own hand-over, with a TensorBoard logger: the time per measurement, the core's own share included;
 - ``bench_checksums``: one measurement of 1,000 layers logged to TensorBoard as one event, counting the process's
@@ -14,9 +16,9 @@ Run ``python -m benchmarks.parts --out benchmarks/results/parts-cpu.md``.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from datetime import date
@@ -29,19 +31,21 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.tables import publish, table
+from benchmarks.tables import cpu_name, publish, table
 from lightning_rwc import RelativeWeightChange, WeightChangeTracker
 from lightning_rwc.measure import Measurement
 from lightning_rwc.parts import HealthFlags, Heatmap, Histogram, History, LiveClustering, Loggers, ValuesFile
 
 
 class DeepMLP(pl.LightningModule):
-    """``layers`` square linear layers with ReLUs, trained with SGD on random data."""
+    """``layers`` linear layers (``width`` wide), trained with SGD on random data."""
 
     def __init__(self, layers: int, width: int = 64) -> None:
         super().__init__()
-        blocks = [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(layers - 1)]
-        self.net = nn.Sequential(*blocks, nn.Linear(width, 10))
+        self.net = nn.Sequential(*(nn.Linear(width, width) for _ in range(layers - 1)), nn.Linear(width, 10))
+        for layer in self.net:  # orthogonal and linear: the signal keeps its size through every layer, all learn
+            nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -67,21 +71,39 @@ class StepTimes(Callback):
 class BareTracker(Callback):
     """``tracker.step()`` after every optimizer step, the values thrown away: the cost of the measurement alone."""
 
+    def __init__(self) -> None:
+        self.hook_times: list[float] = []
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.tracker = WeightChangeTracker(pl_module)
 
     def on_train_batch_end(self, *args: Any) -> None:
+        start = time.perf_counter()
         self.tracker.step()
+        self.hook_times.append(time.perf_counter() - start)
 
 
-def fit_step_ms(monitor: Callback | None, layers: int, steps: int) -> float:
-    """The median step time (ms) of a fit of :class:`DeepMLP` with ``monitor`` and a TensorBoard logger."""
+class TimedCallback(RelativeWeightChange):
+    """The callback, timing its batch-end hook (where it measures, hands over to the parts and flushes)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hook_times: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        start = time.perf_counter()
+        super().on_train_batch_end(*args)
+        self.hook_times.append(time.perf_counter() - start)
+
+
+def fit_step_ms(monitors: list[Callback], layers: int, steps: int) -> float:
+    """The median step time (ms) of a fit of :class:`DeepMLP` with ``monitors`` and a TensorBoard logger."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(16 * steps, 64), torch.randint(0, 10, (16 * steps,)))
     times = StepTimes()
     trainer = Trainer(
         max_steps=steps,
-        callbacks=[c for c in (monitor, times) if c is not None],
+        callbacks=[*monitors, times],
         logger=TensorBoardLogger(tempfile.mkdtemp(), name="bench"),
         accelerator="cpu",
         enable_progress_bar=False,
@@ -93,11 +115,11 @@ def fit_step_ms(monitor: Callback | None, layers: int, steps: int) -> float:
 
 
 def bench_step(smoke: bool) -> list[dict]:
-    layers, steps, rounds = (20, 30, 1) if smoke else (150, 300, 4)
+    layers, steps, rounds = (20, 30, 1) if smoke else (150, 300, 6)
     contenders = {
-        "no monitoring": lambda: None,
-        "bare tracker.step()": BareTracker,
-        "RelativeWeightChange() (default parts)": lambda: RelativeWeightChange(every_n_epochs=None, every_n_steps=1),
+        "no monitoring": list,
+        "bare tracker.step()": lambda: [BareTracker()],
+        "RelativeWeightChange() (default parts)": lambda: [RelativeWeightChange(every_n_epochs=None, every_n_steps=1)],
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     order, rng = list(contenders), random.Random(0)
@@ -115,6 +137,19 @@ def bench_step(smoke: bool) -> list[dict]:
             row["over / bare tracker's (<= 1.5 or <= +0.5 ms)"] = extra / tracker if tracker > 0 else float("nan")
             row["ms more than the bare tracker"] = step - bare
         rows.append(row)
+    return rows
+
+
+def bench_hooks(smoke: bool) -> list[dict]:
+    """Both in one fit, every step: the callback's hook against the bare tracker's, in both orders."""
+    layers, steps = (20, 30) if smoke else (150, 300)
+    rows = []
+    for first in ("callback", "bare tracker"):
+        rwc, bare = TimedCallback(every_n_epochs=None, every_n_steps=1), BareTracker()
+        fit_step_ms([rwc, bare] if first == "callback" else [bare, rwc], layers, steps)
+        ms = {name: statistics.median(c.hook_times[5:]) * 1e3 for name, c in (("callback", rwc), ("bare", bare))}
+        row = {"layers": layers, "first in the hooks": first, "callback_hook_ms": ms["callback"]}
+        rows.append(row | {"bare_tracker_ms": ms["bare"], "callback / bare tracker": ms["callback"] / ms["bare"]})
     return rows
 
 
@@ -221,9 +256,12 @@ def main() -> None:
     torch.set_num_threads(1)
     sections = [
         f"# The callback's parts, {date.today().isoformat()}",
-        f"CPU: {platform.processor() or platform.machine()}, one PyTorch thread; torch {torch.__version__}.",
+        f"CPU: {cpu_name()}, one PyTorch thread; torch {torch.__version__}.",
+        f"Command: `python -m benchmarks.parts {' '.join(sys.argv[1:])}`.",
         "## Whole training step, measuring every step (median step of each fit, median of the rounds)",
         table(bench_step(args.smoke)),
+        "## The same, as the time of the batch-end hooks: callback and bare tracker in one fit, each order once",
+        table(bench_hooks(args.smoke)),
         "## Each part per measurement (hand-over included, TensorBoard logger)",
         table(bench_parts(args.smoke)),
         "## Logging one measurement of 1,000 layers to TensorBoard: process CPU time, writer thread included",

@@ -47,12 +47,12 @@ class RelativeWeightChange(Callback):
     (:func:`~lightning_rwc.parts.default_parts`) keep :attr:`history`, flag dead and runaway layers, log through
     every logger and draw a histogram; ``parts`` adds others or leaves some out.
 
-    Logged metrics (default parts), at ``step=trainer.global_step``: ``{log_prefix}/{parameter name}`` (the RWC of
-    one tracked parameter, for example ``rwc/layer1.0.conv1.weight``), ``{log_prefix}/_all`` (all tracked weights as
-    one vector), ``{log_prefix}_health/dead_layers`` and ``{log_prefix}_health/runaway_layers``. They also go to
-    ``trainer.callback_metrics`` (per-layer keys where a callback or scheduler monitors them), so that
-    ``EarlyStopping(monitor="rwc/_all")`` can use them. Under DDP rank zero measures alone; under FSDP2
-    (``fully_shard``) every rank reduces its own shard and one all-reduce per measurement combines them.
+    Logged metrics (default parts), at ``step=trainer.global_step``: ``{log_prefix}/{parameter name}`` (one
+    parameter's RWC), ``{log_prefix}/_all`` (all tracked weights as one vector),
+    ``{log_prefix}_health/dead_layers``, ``{log_prefix}_health/runaway_layers`` and ``epoch`` (as Lightning logs
+    it). All but ``epoch`` go to ``trainer.callback_metrics`` too (per-layer keys where a callback or scheduler
+    monitors them), so that ``EarlyStopping(monitor="rwc/_all")`` can use them. Under DDP rank zero measures alone;
+    under FSDP2 (``fully_shard``) every rank reduces its own shard and one all-reduce per measurement combines them.
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
@@ -230,7 +230,7 @@ class RelativeWeightChange(Callback):
             for part in self.parts:
                 part.on_measurement(trainer, record)
             exported = {key: metrics[key] for key in self._monitors if key in metrics} | record.extra
-            self.log_scalars(trainer, metrics | record.extra, step, exported)
+            self.log_scalars(trainer, metrics | record.extra | {"epoch": float(epoch)}, step, exported)
 
     def _finish(self, trainer: pl.Trainer) -> None:
         self._hand_over(trainer, wait=True)

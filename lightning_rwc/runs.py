@@ -43,6 +43,9 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         FileNotFoundError: if ``path`` does not exist or holds no event file, CSV or JSON.
         ValueError: if the run holds no ``{prefix}/`` values (the message lists the prefixes it has).
 
+    The epoch of each measurement is the one written with its values (the callback logs ``epoch`` with them), else
+    the latest epoch logged at or before its step (never one from a later step), else ``-1``.
+
     Warns:
         UserWarning: naming the file and its bytes, where part of an event file or values file cannot be read (a
             damaged record, or one cut off by a crash); the values before it are returned.
@@ -158,9 +161,30 @@ class Series:
         out[found] = values[where[found]]
         return out
 
+    def add_record(self, step: int, items: list[tuple[str, float]]) -> None:
+        """Values written together (one event, one CSV row) at ``step``.
+
+        An ``epoch`` among them is the epoch of those values: it is also kept under :func:`epoch_tag` of each tag
+        prefix in the record, since other writers may log another epoch at the same step (Lightning logs, at the
+        last step of an epoch, the epoch that starts next).
+        """
+        epoch = None
+        for tag, value in items:
+            self.add(tag, step, value)
+            if tag == "epoch":
+                epoch = value
+        if epoch is not None and len(items) > 1:
+            for head in {tag[: tag.find("/")] for tag, _ in items if "/" in tag}:
+                self.add(epoch_tag(head), step, epoch)
+
     def steps(self, tags: Iterable[str]) -> np.ndarray:
         """Every step at which one of ``tags`` has a value, sorted."""
         return np.unique(np.concatenate([np.frombuffer(self.columns[tag][0], dtype=np.int64) for tag in tags]))
+
+
+def epoch_tag(prefix: str) -> str:
+    """The key under which a :class:`Series` keeps the epochs written together with the ``prefix`` tags."""
+    return f"\x00epoch of {prefix}"
 
 
 def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
@@ -176,7 +200,9 @@ def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
     steps = series.steps(tags)
     layer_tags = [tag for tag in tags if tag != head + ALL_KEY]
     values = np.array([series.at(tag, steps) for tag in layer_tags]).reshape(len(layer_tags), steps.size)
-    epochs = np.nan_to_num(series.at("epoch", steps, latest=True), nan=-1)
+    # The epoch written with the values, else the latest epoch logged at or before their step (never a later one).
+    epochs = series.at(epoch_tag(prefix), steps)
+    epochs = np.nan_to_num(np.where(np.isnan(epochs), series.at("epoch", steps, latest=True), epochs), nan=-1)
     total = series.at(head + ALL_KEY, steps)
     return RWCHistory.from_arrays([tag[len(head) :] for tag in layer_tags], steps, values, epochs, total)
 
@@ -196,11 +222,13 @@ def _read_tensorboard(run_dir: Path) -> Series:
         for record in RawEventFileLoader(str(path)).Load():  # stops at the first damaged or cut-off record
             read += len(record) + RECORD_FRAMING
             event = Event.FromString(record)
+            items = []
             for value in event.summary.value:
                 if value.HasField("simple_value"):
-                    series.add(value.tag, event.step, value.simple_value)
+                    items.append((value.tag, value.simple_value))
                 elif value.metadata.plugin_data.plugin_name == "scalars":
-                    series.add(value.tag, event.step, tensor_util.make_ndarray(value.tensor).item())
+                    items.append((value.tag, tensor_util.make_ndarray(value.tensor).item()))
+            series.add_record(event.step, items)
         size = path.stat().st_size
         if read < size:
             warnings.warn(
@@ -261,10 +289,12 @@ def _parse_csv(path: Path) -> Series:
                 raise ValueError(f"{path}, line {line}: step {row['step']!r} is not a number") from err
             if not -(2**63) <= step < 2**63:
                 raise ValueError(f"{path}, line {line}: step {row['step']!r} is out of range")
+            items = []
             for key, cell in row.items():
                 if key not in (None, "step") and cell not in (None, ""):
                     try:
-                        series.add(key, step, float(cell))
+                        items.append((key, float(cell)))
                     except ValueError as err:
                         raise ValueError(f"{path}, line {line}: {key} = {cell!r} is not a number") from err
+            series.add_record(step, items)
     return series

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,59 @@ def write_tensorboard_run(run_dir, names, values, steps=None, prefix="rwc"):
         writer.add_scalar(f"{prefix}/_all", float(np.nanmean(values[:, j])), global_step=step)
     writer.close()
     return steps
+
+
+class RealRun:
+    """A real fit of an 8-layer MLP logged to TensorBoard, CSV and a values file, measured every 2 steps.
+
+    The module logs its loss at every step, so Lightning writes ``epoch`` at steps between the measurements too.
+    ``epochs`` maps each measured step to the epoch the callback saw.
+    """
+
+    def __init__(self, root) -> None:
+        import lightning.pytorch as pl
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from lightning_rwc import RelativeWeightChange
+        from lightning_rwc.parts import Part, ValuesFile, default_parts
+
+        class MLP(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = nn.Sequential(*(nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(7)))
+                self.head = nn.Linear(16, 3)
+
+            def training_step(self, batch, batch_idx):
+                loss = nn.functional.cross_entropy(self.head(self.net(batch[0])), batch[1])
+                self.log("loss", loss)
+                return loss
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.2, momentum=0.9)
+
+        class Epochs(Part):
+            def __init__(self) -> None:
+                self.by_step: dict[int, int] = {}
+
+            def on_measurement(self, trainer, record):
+                self.by_step[record.step] = record.epoch
+
+        torch.manual_seed(0)
+        data = TensorDataset(torch.randn(56, 16), torch.randint(0, 3, (56,)))
+        epochs = Epochs()
+        rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2, parts=[*default_parts(), ValuesFile(), epochs])
+        loggers = [TensorBoardLogger(root, name="tb", version=0), CSVLogger(root, name="csv", version=0)]
+        trainer = pl.Trainer(max_epochs=3, callbacks=[rwc], logger=loggers, log_every_n_steps=1, **fit_kwargs())
+        trainer.fit(MLP(), DataLoader(data, batch_size=8))
+        self.tensorboard_dir = loggers[0].log_dir
+        (self.event_file,) = [p for p in Path(self.tensorboard_dir).iterdir() if "tfevents" in p.name]
+        self.csv_file = Path(loggers[1].log_dir) / "metrics.csv"
+        self.values_dir = Path(self.tensorboard_dir) / "rwc_values"
+        self.epochs = epochs.by_step
+        self.layers = rwc.history.layers
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory) -> RealRun:
+    return RealRun(tmp_path_factory.mktemp("real_run"))

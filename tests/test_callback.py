@@ -161,9 +161,10 @@ def test_several_loggers_receive_the_same_values(tmp_path):
 def test_a_logger_prefix_names_the_tensorboard_tags_as_lightning_names_every_logger_key(tmp_path):
     rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2)
     scalars, acc, rows, log_dir = fit_logging_to_tensorboard_and_csv(tmp_path, rwc, prefix="train")
-    csv_keys = {key for key in rows[0] if key.startswith("train-")}
+    csv_keys = {key for key in rows[0] if key.startswith("train-rwc")}
     health = {f"train-rwc_health/{kind}_layers" for kind in ("dead", "runaway")}
     assert csv_keys == {f"train-rwc/{name}" for name in [*TRACKED, "_all"]} | health
+    assert [int(float(row["train-epoch"])) for row in rows] == rwc.history.epochs  # as Lightning names its epoch
     assert {tag for tag in scalars if "rwc" in tag} == csv_keys
     for key in csv_keys:
         assert sorted(scalars[key]) == [int(row["step"]) for row in rows] == rwc.history.steps

@@ -316,3 +316,64 @@ def test_an_unwritable_place_for_the_outputs_is_a_clear_error(planted_run, tmp_p
     assert main(["cluster", str(run), "--no-plots"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {run}: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+DAMAGES = ["cut off", "bytes flipped", "block zeroed", "junk appended", "emptied", "removed"]
+
+
+def damage(path, how: str, data) -> None:
+    """Damage the file at ``path`` at offsets (and with bytes) that ``data`` draws."""
+    content = path.read_bytes()
+    offset = data.draw(st.integers(0, max(len(content) - 1, 0)))
+    length = data.draw(st.integers(1, 512))
+    if how == "cut off":
+        path.write_bytes(content[:offset])
+    elif how == "bytes flipped":
+        flipped = bytes(b ^ 0xFF for b in content[offset : offset + length])
+        path.write_bytes(content[:offset] + flipped + content[offset + length :])
+    elif how == "block zeroed":
+        path.write_bytes(content[:offset] + bytes(len(content[offset : offset + length])) + content[offset + length :])
+    elif how == "junk appended":
+        path.write_bytes(content + data.draw(st.binary(min_size=1, max_size=length)))
+    elif how == "emptied":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+
+
+def copy_of_real_run(real_run, kind: str, run) -> list:
+    """``run`` holding one kind of log of the real run; the files that may be damaged."""
+    import shutil
+
+    run.mkdir()
+    if kind == "events":
+        shutil.copy(real_run.event_file, run / real_run.event_file.name)
+    elif kind == "csv":
+        shutil.copy(real_run.csv_file, run / "metrics.csv")
+    else:
+        shutil.copytree(real_run.values_dir, run / "rwc_values")
+    return sorted(p for p in run.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kind", ["events", "csv", "values"])
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_real_runs_damaged_at_random_cluster_or_fail_with_one_clear_line(real_run, kind, data, capsys):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "run"
+        files = copy_of_real_run(real_run, kind, run)
+        damage(data.draw(st.sampled_from(files)), data.draw(st.sampled_from(DAMAGES)), data)
+        before = earlier_outputs(run)
+        capsys.readouterr()
+        code = main(["cluster", str(run), "--no-plots"])
+        out, err = capsys.readouterr()
+        assert code in (0, 1, 2), (code, err)  # 2: nothing left to read there
+        assert "Traceback" not in err
+        if code:
+            assert err.count("\n") == 1 and err.startswith("error: ") and str(run) in err, err
+            assert {name: (run / name).read_bytes() for name in before} == before
+        else:
+            json.loads((run / "rwc_clusters.json").read_text(), parse_constant=lambda c: pytest.fail(c))
