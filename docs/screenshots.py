@@ -1,10 +1,10 @@
-"""Screenshots of TensorBoard's Scalars and Custom Scalars dashboards for a real run, in headless Chromium.
+"""Screenshots of TensorBoard's Scalars, Custom Scalars and RWC dashboards for a real run, in headless Chromium.
 
 ``python docs/screenshots.py [--logdir demo_logs] [--out docs/images]`` (or ``make screenshots``) runs the demo if
 the log folder is missing, clusters every run that has no cluster run yet, starts ``tensorboard`` on 127.0.0.1,
-opens both dashboards in headless Chromium (Debian's ``chromium`` and ``chromium-driver`` packages, driven by
-Selenium) and saves ``scalars.png`` and ``custom_scalars.png``. It prints how many cluster charts the Custom Scalars
-page shows.
+opens the dashboards in headless Chromium (Debian's ``chromium`` and ``chromium-driver`` packages, driven by
+Selenium) and saves ``scalars.png``, ``custom_scalars.png`` and ``rwc.png``. It prints how many cluster charts the
+Custom Scalars page shows.
 """
 
 from __future__ import annotations
@@ -41,12 +41,15 @@ return seen.length;
 
 
 @contextmanager
-def tensorboard(logdir: Path) -> Iterator[str]:
-    """A tensorboard process on a free loopback port; yields its base URL and stops it by its process group."""
+def tensorboard(logdir: Path, ready: str = "custom_scalars", *flags: str) -> Iterator[str]:
+    """A tensorboard process on a free loopback port; yields its base URL and stops it by its process group.
+
+    ``ready``: the plugin that must be enabled before the URL is given; ``flags``: more command-line flags.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", *flags]
     server = subprocess.Popen(
         [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -56,12 +59,12 @@ def tensorboard(logdir: Path) -> Iterator[str]:
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/data/plugins_listing", timeout=5) as response:
-                    if json.loads(response.read()).get("custom_scalars", {}).get("enabled"):
+                    if json.loads(response.read()).get(ready, {}).get("enabled"):
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"tensorboard did not serve custom scalars for {logdir} within 60 s")
+                raise TimeoutError(f"tensorboard did not serve the {ready} plugin for {logdir} within 60 s")
             time.sleep(0.5)
         yield base
     finally:
@@ -108,9 +111,33 @@ def capture(logdir: Path, out: Path, settle: float = 6.0) -> dict[str, object]:
             time.sleep(settle)
             charts = driver.execute_script(COUNT_MARGIN_CHARTS)
             driver.save_screenshot(str(out / "custom_scalars.png"))
+            driver.set_window_size(1400, 1100)
+            driver.get(f"{base}/#rwc")
+            rows = show_a_layer(driver, settle)
+            driver.switch_to.default_content()
+            driver.save_screenshot(str(out / "rwc.png"))
     finally:
         driver.quit()
-    return {"scalars": out / "scalars.png", "custom_scalars": out / "custom_scalars.png", "margin_charts": charts}
+    shots = {"scalars": out / "scalars.png", "custom_scalars": out / "custom_scalars.png", "rwc": out / "rwc.png"}
+    return shots | {"margin_charts": charts, "rwc_rows": rows}
+
+
+def show_a_layer(driver: object, settle: float) -> int:
+    """In the RWC tab: wait for the heatmap, click a layer a third of the way down; return the number of rows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "iframe"))
+    driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "iframe"))
+    heatmap = WebDriverWait(driver, 30).until(
+        lambda d: next(iter(d.find_elements(By.CSS_SELECTOR, "canvas.rwc-heatmap[data-rows]")), None)
+    )
+    rows = int(heatmap.get_attribute("data-rows"))
+    height, width = heatmap.size["height"], heatmap.size["width"]
+    ActionChains(driver).move_to_element_with_offset(heatmap, width // 4, -height // 2 + height // 3).click().perform()
+    time.sleep(settle / 3)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:

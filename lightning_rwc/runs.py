@@ -68,14 +68,14 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
         if path.suffix == ".json":
             return _read_json(path)
         if path.suffix == ".csv":
-            return _from_series(_read_csv(path), prefix, path)
+            return history_from_series(_read_csv(path), prefix, path)
         if EVENT_FILE_MARKER in path.name:
-            return _from_series(_read_tensorboard(path.parent), prefix, path)
+            return history_from_series(read_tensorboard(path.parent), prefix, path)
         raise FileNotFoundError(f"{path} is not a TensorBoard event file, a .csv or a .json file")
     if any(EVENT_FILE_MARKER in child.name for child in path.iterdir()):
-        return _from_series(_read_tensorboard(path), prefix, path)
+        return history_from_series(read_tensorboard(path), prefix, path)
     if (path / "metrics.csv").is_file():
-        return _from_series(_read_csv(path / "metrics.csv"), prefix, path)
+        return history_from_series(_read_csv(path / "metrics.csv"), prefix, path)
     raise FileNotFoundError(
         f"{path} holds no TensorBoard event file and no metrics.csv; pass a run directory such as "
         "lightning_logs/version_0 (find_runs lists the runs below a folder)"
@@ -187,8 +187,12 @@ def epoch_tag(prefix: str) -> str:
     return f"\x00epoch of {prefix}"
 
 
-def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
-    """Align the ``{prefix}/`` tags on the union of their steps, layers in the order the tags first appear."""
+def history_from_series(series: Series, prefix: str, source: Path | str) -> RWCHistory:
+    """Align the ``{prefix}/`` tags on the union of their steps, layers in the order the tags first appear.
+
+    Raises:
+        ValueError: naming ``source`` and the prefixes it has, if it has no ``{prefix}/`` tag.
+    """
     head = f"{prefix}/"
     tags = [tag for tag in series.columns if tag.startswith(head)]
     if not tags:
@@ -207,7 +211,7 @@ def _from_series(series: Series, prefix: str, source: Path) -> RWCHistory:
     return RWCHistory.from_arrays([tag[len(head) :] for tag in layer_tags], steps, values, epochs, total)
 
 
-def _read_tensorboard(run_dir: Path) -> Series:
+def read_tensorboard(run_dir: Path) -> Series:
     """Every scalar in the run's event files, oldest file first; warns about bytes of a file that cannot be read.
 
     A later value at the same step (a resumed run) replaces the earlier one.
@@ -261,16 +265,16 @@ def _read_csv(path: Path) -> Series:
         series = _parse_csv(path)
     except (csv.Error, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable CSV file: {err}") from err
-    series.columns = {key: series.columns[key] for key in sorted(series.columns, key=_natural_key)}
+    series.columns = {key: series.columns[key] for key in sorted(series.columns, key=natural_key)}
     return series
 
 
-def _natural_key(name: str) -> list[str | int]:
+def natural_key(name: str) -> list[str | int]:
     """``name`` cut into text and numbers, so that numbers compare as numbers.
 
     Example::
 
-        >>> sorted(["h.10.w", "h.2.w", "fc"], key=_natural_key)
+        >>> sorted(["h.10.w", "h.2.w", "fc"], key=natural_key)
         ['fc', 'h.2.w', 'h.10.w']
     """
     return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]

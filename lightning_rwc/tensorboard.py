@@ -96,7 +96,7 @@ def heatmap_image(values: np.ndarray, cell: int = 4, max_pixels: tuple[int, int]
     values = np.asarray(values, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(values > 0, np.log10(values), np.nan)
-    logs = _bin_means(_bin_means(logs, max_pixels[0] // cell, axis=0), max_pixels[1] // cell, axis=1)
+    logs = bin_means(bin_means(logs, max_pixels[0] // cell, axis=0), max_pixels[1] // cell, axis=1)
     finite = logs[np.isfinite(logs)]
     image = np.zeros(logs.shape, dtype=np.uint8)
     if finite.size:
@@ -106,8 +106,11 @@ def heatmap_image(values: np.ndarray, cell: int = 4, max_pixels: tuple[int, int]
     return np.kron(image, np.ones((cell, cell), dtype=np.uint8))[None]
 
 
-def _bin_means(table: np.ndarray, bins: int, axis: int) -> np.ndarray:
-    """``table`` with at most ``bins`` entries along ``axis``: the nan-mean of adjacent groups where it has more."""
+def bin_means(table: np.ndarray, bins: int, axis: int) -> np.ndarray:
+    """``table`` with at most ``bins`` entries along ``axis``: the nan-mean of adjacent groups where it has more.
+
+    Group ``i`` starts at ``int(linspace(0, n, bins + 1)[i])``; non-finite entries are left out of the means.
+    """
     if table.shape[axis] <= bins:
         return table
     starts = np.linspace(0, table.shape[axis], bins + 1).astype(int)[:-1]

@@ -129,6 +129,14 @@ def read_values(directory: str | os.PathLike) -> RWCHistory:
     return RWCHistory.from_arrays(list(position), steps, values, epochs, total)
 
 
+def segments_fingerprint(directory: str | os.PathLike) -> tuple:
+    """The name, size and modification time of every file of the values file: what changes when rows are added."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file()))
+
+
 def _segments(directory: Path) -> list[Path]:
     return [p for p in directory.glob("*.json") if p.stem.isdigit()]
 

@@ -43,3 +43,11 @@ def test_parts_benchmark_smoke_run_writes_every_table(tmp_path):
     assert "| RelativeWeightChange() (default parts) |" in report
     assert "| 1000 | Loggers (TensorBoard, one event) |" in report
     assert "| encoded summary, google-crc32c (C) |" in report
+
+
+@pytest.mark.slow
+def test_dashboard_benchmark_smoke_run_writes_its_table(tmp_path):
+    out = tmp_path / "dashboard.md"
+    command = [sys.executable, "-m", "benchmarks.dashboard", "--smoke", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    assert "| 1000 |" in out.read_text() and "warm answer s" in out.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,3 +63,37 @@ class HealthCheck:
         newly = [n for n in names if n in new_dead], [n for n in names if n in new_runaway]
         self.dead, self.runaway = dead, runaway
         return newly
+
+
+def first_flags(
+    values: np.ndarray, total: np.ndarray, factor: float = 30.0, patience: int = 2
+) -> dict[str, np.ndarray]:
+    """For a ``(layers, measurements)`` table, where :class:`HealthCheck` first flags each layer, or ``-1``.
+
+    The same rules as :meth:`HealthCheck.update` measurement by measurement (``total``: the ``"_all"`` series; a
+    missing one counts as moving), computed on the table at once.
+
+    Example::
+
+        >>> values = np.array([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [0.1, 9.0, 9.0]])
+        >>> {kind: first.tolist() for kind, first in first_flags(values, np.full(3, 0.1), patience=2).items()}
+        {'dead': [-1, 1, -1, -1, -1], 'runaway': [-1, -1, -1, -1, 2]}
+    """
+    finite = np.isfinite(values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a measurement with no finite value: no median
+        median = np.nanmedian(np.where(finite, values, np.nan), axis=0)
+    moving = ~(np.asarray(total) <= 0)  # nan counts as moving, as an absent "_all" does
+    conditions = {
+        "dead": finite & (values == 0) & moving,
+        "runaway": finite & (median > 0) & (values > factor * np.where(median > 0, median, np.inf)),
+    }
+    out = {}
+    for kind, condition in conditions.items():
+        runs = np.zeros(values.shape[0], dtype=np.int64)
+        first = np.full(values.shape[0], -1)
+        for j in range(values.shape[1]):  # run lengths, one vectorised column at a time
+            runs = np.where(condition[:, j], runs + 1, 0)
+            first = np.where((first < 0) & (runs >= patience), j, first)
+        out[kind] = first
+    return out

@@ -30,3 +30,26 @@ def test_a_layer_far_above_the_median_runs_away_and_recovers():
 def test_a_head_ten_times_the_median_is_not_flagged_by_default():
     check = HealthCheck(patience=1)
     assert check.update({"a": 0.01, "b": 0.01, "c": 0.01, "fc": 0.13, "_all": 0.02}) == ([], [])
+
+
+def test_first_flags_of_a_whole_table_agree_with_the_check_measurement_by_measurement():
+    import numpy as np
+
+    from lightning_rwc.decide.health import first_flags
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        values = rng.lognormal(-5, 1, (12, 15))
+        values[rng.random(values.shape) < 0.15] = 0.0  # layers that stand still at times
+        values[rng.random(values.shape) < 0.1] *= 100  # and run away at times
+        values[rng.random(values.shape) < 0.05] = np.nan
+        total = np.where(rng.random(15) < 0.1, 0.0, 0.01)
+        check, first = HealthCheck(), {"dead": [-1] * 12, "runaway": [-1] * 12}
+        names = [f"l{i}" for i in range(12)]
+        for j in range(15):
+            dead, runaway = check.update(dict(zip(names, values[:, j].tolist(), strict=True)) | {"_all": total[j]})
+            for kind, newly in (("dead", dead), ("runaway", runaway)):
+                for name in newly:
+                    i = names.index(name)
+                    first[kind][i] = j if first[kind][i] < 0 else first[kind][i]
+        assert {kind: flags.tolist() for kind, flags in first_flags(values, total).items()} == first

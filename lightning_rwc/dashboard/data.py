@@ -1,0 +1,202 @@
+"""What the RWC dashboard shows of one run, read once per change and sent compactly to the page.
+
+A run's values come from its values file where it has one (exact, in the model's order, read in one NumPy call per
+segment), else from its event files, read as ``load_history`` reads them (the model's order, the same warnings)
+while they are small, and through TensorBoard's data provider (sampled, incremental) when they are large. The page
+receives one binary answer: a JSON header (layers, blocks, steps, epochs, clusters, decisions, warnings) and the
+layers x columns matrix as float32, with the columns reduced to at most what a screen shows.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_rwc.blocks import find_blocks
+from lightning_rwc.decide.health import first_flags
+from lightning_rwc.history import RWCHistory
+from lightning_rwc.keys import CLUSTER_JSON, DEFAULT_PREFIX, freeze_prefix, values_folder
+from lightning_rwc.runs import EVENT_FILE_MARKER, Series, history_from_series, natural_key, read_tensorboard
+from lightning_rwc.tensorboard import bin_means
+from lightning_rwc.values_file import has_values, read_values, segments_fingerprint
+
+
+@dataclass
+class RunData:
+    """One run as the dashboard shows it.
+
+    Attributes:
+        history: the layers x measurements values (``None`` when the run holds none).
+        source: ``"values file"`` or ``"event files"``.
+        warnings: what the readers warned about (damaged or cut-off files), or why there is nothing to show.
+        clusters: the run's latest clustering (``rwc_clusters.json``), as written, or ``None``.
+        decisions: freezing decisions and health flags: ``{"kind", "name", "step"}`` each.
+    """
+
+    history: RWCHistory | None
+    source: str
+    warnings: list[str] = field(default_factory=list)
+    clusters: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def from_values_file(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
+    """The run's values file, with the warnings its reader gives."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            history = read_values(run_dir / values_folder(prefix))
+        except (OSError, ValueError) as err:
+            return RunData(None, "values file", [str(err)])
+    return RunData(history, "values file", [str(w.message) for w in caught])
+
+
+def from_event_files(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
+    """The run's event files read as ``load_history`` reads them (model order, the same warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            series = read_tensorboard(run_dir)
+            history = history_from_series(series, prefix, run_dir.name)
+        except (OSError, ValueError) as err:
+            return RunData(None, "event files", [str(err), *(str(w.message) for w in caught)])
+    found = RunData(history, "event files", [str(w.message) for w in caught])
+    found.decisions = freeze_decisions(series, prefix)
+    return found
+
+
+def from_scalars(scalars: dict[str, list[tuple[int, float]]], prefix: str = DEFAULT_PREFIX) -> RunData:
+    """The run's scalars as TensorBoard's data provider gives them (``{tag: [(step, value), ...]}``, sampled).
+
+    The provider does not keep the order the tags were written in: the layers come in name order (numbers compared
+    as numbers), as from a CSV log.
+    """
+    series = Series()
+    for tag in sorted(scalars, key=natural_key):
+        for step, value in scalars[tag]:
+            series.add(tag, step, value)
+    try:
+        history = history_from_series(series, prefix, "this run")
+    except ValueError as err:
+        return RunData(None, "event files", [str(err)])
+    note = "TensorBoard's data provider gave the values (sampled for long runs); layers in name order."
+    return RunData(history, "event files", [note], decisions=freeze_decisions(series, prefix))
+
+
+def freeze_decisions(series: Series, prefix: str = DEFAULT_PREFIX) -> list[dict[str, Any]]:
+    """Each block frozen (or suggested) by ``LayerFreezer``, at the step of its decision."""
+    head = f"{freeze_prefix(prefix)}/"
+    return [
+        {"kind": "frozen", "name": tag[len(head) :], "step": int(step)}
+        for tag in series.columns
+        if tag.startswith(head) and tag != f"{head}frozen_blocks"
+        for step, value in zip(*series.columns[tag], strict=True)
+        if value == 1.0
+    ]
+
+
+def health_flags(history: RWCHistory) -> list[dict[str, Any]]:
+    """The dead and runaway layers of a history, each at the first measurement that flagged it."""
+    steps = history.steps
+    return [
+        {"kind": kind, "name": history.layers[i], "step": steps[first[i]]}
+        for kind, first in first_flags(history.values, history.total).items()
+        for i in np.flatnonzero(first >= 0)
+    ]
+
+
+def read_clusters(run_dir: Path | None) -> dict[str, Any] | None:
+    """The cluster JSON beside the run, or ``None`` where there is none or it cannot be read."""
+    path = None if run_dir is None else run_dir / CLUSTER_JSON
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {"labels": dict(data["labels"]), "clusters": list(data["clusters"]), "steps": list(data["steps"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def fingerprint(run_dir: Path | None, prefix: str = DEFAULT_PREFIX) -> tuple:
+    """What changes when the run's values file, event files or cluster file change (sizes, modification times)."""
+    if run_dir is None:
+        return ()
+    parts = [segments_fingerprint(run_dir / values_folder(prefix))]
+    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
+        stat = path.stat()
+        parts.append((path.name, stat.st_size, stat.st_mtime_ns))
+    clusters = run_dir / CLUSTER_JSON
+    if clusters.is_file():
+        stat = clusters.stat()
+        parts.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(parts)
+
+
+def event_files_bytes(run_dir: Path | None) -> int:
+    """The size of the run's event files (the dashboard reads them itself below a size, else through TensorBoard)."""
+    if run_dir is None:
+        return 0
+    return sum(p.stat().st_size for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file())
+
+
+def has_values_file(run_dir: Path | None, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether the run has a values file (then the dashboard reads it)."""
+    return run_dir is not None and has_values(run_dir / values_folder(prefix))
+
+
+def binned(values: np.ndarray, bins: int) -> np.ndarray:
+    """``values`` in ``bins`` columns: the geometric mean of each bin's positive values, 0 where it holds only zeros.
+
+    Example::
+
+        >>> binned(np.array([[0.1, 0.001, 0.0, 0.0, np.nan, np.nan]]), 3).tolist()
+        [[0.01, 0.0, nan]]
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(values > 0, np.log10(values), np.nan)
+    means = np.power(10.0, bin_means(logs, bins, axis=1))
+    zeros = bin_means(np.where(values == 0, 1.0, np.nan), bins, axis=1) == 1
+    return np.where(np.isnan(means) & zeros, 0.0, means)
+
+
+MAX_CELLS = 1_900_000
+"""The most values one answer holds (7.6 MB of float32): fewer columns for runs with very many layers."""
+
+
+def encode(data: RunData, max_columns: int) -> bytes:
+    """The binary answer for the page: header length (4 bytes), a JSON header, then float32 values.
+
+    The values are ``(layers, columns)``: each column the mean (of ``log10``) of adjacent measurements when there
+    are more than ``max_columns`` (or than :data:`MAX_CELLS` allows); ``nan`` where a layer has no value. The header
+    says, per column, the first and last step it covers and the epoch of its first measurement.
+    """
+    header: dict[str, Any] = {"source": data.source, "warnings": data.warnings, "decisions": data.decisions}
+    header["clusters"] = data.clusters
+    history = data.history
+    matrix = np.zeros((0, 0), dtype=np.float32)
+    if history is not None and len(history):
+        values = history.values
+        max_columns = max(1, min(max_columns, MAX_CELLS // max(len(history.layers), 1)))
+        starts = np.linspace(0, values.shape[1], min(values.shape[1], max_columns) + 1).astype(int)
+        matrix = values if starts.size - 1 == values.shape[1] else binned(values, starts.size - 1)
+        steps, epochs = np.asarray(history.steps), np.asarray(history.epochs)
+        blocks = find_blocks(history.layers)
+        header |= {
+            "layers": history.layers,
+            "blocks": [blocks.of(layer) or "" for layer in history.layers],
+            "first_steps": steps[starts[:-1]].tolist(),
+            "last_steps": steps[starts[1:] - 1].tolist(),
+            "epochs": epochs[starts[:-1]].tolist(),
+            "measurements": len(history),
+            "health": health_flags(history),
+        }
+    header["shape"] = list(matrix.shape)
+    text = json.dumps(header, allow_nan=False).encode()
+    text += b" " * (-(len(text) + 4) % 4)  # the values start on a 4-byte boundary
+    return struct.pack("<I", len(text)) + text + matrix.astype("<f4").tobytes()

@@ -1,0 +1,111 @@
+"""The RWC tab in a real TensorBoard and a real headless Chromium: rows, hover, click, clusters, live updates."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
+
+from screenshots import CHROMEDRIVER, CHROMIUM, INSTALL_HINT, browser, show_a_layer, tensorboard  # noqa: E402
+
+from lightning_rwc.pipeline import cluster_run  # noqa: E402
+from lightning_rwc.runs import load_history  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()), reason=INSTALL_HINT),
+]
+
+
+def wait_for(condition, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError("the page did not get there in time")
+
+
+@pytest.fixture
+def driver():
+    pytest.importorskip("selenium", reason=INSTALL_HINT)
+    chromium = browser()
+    yield chromium
+    chromium.quit()
+
+
+def test_the_rwc_tab_shows_every_layer_its_values_on_hover_its_curve_on_click_and_the_clusters(
+    real_run, tmp_path, driver
+):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    run = tmp_path / "logs" / "run"
+    shutil.copytree(real_run.tensorboard_dir, run, ignore=shutil.ignore_patterns("rwc_values"))
+    clusters = cluster_run(run, plots=False, method="kmeans", n_clusters=2).result
+    history = load_history(run)
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        assert "RWC" in [tab.text for tab in driver.find_elements(By.CSS_SELECTOR, ".plugin-name, a, span")]
+        rows = show_a_layer(driver, settle=3)
+        heatmap = driver.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap")
+        assert rows == len(history.layers) == 8
+        assert int(heatmap.get_attribute("data-columns")) == len(history.steps)
+        assert int(heatmap.get_attribute("data-clusters")) == clusters.n_clusters == 2
+        row_height, column_width = heatmap.size["height"] / rows, heatmap.size["width"] / len(history.steps)
+        # hover the middle of the cell of the 3rd layer at the last measurement
+        x, y = int(heatmap.size["width"] / 2 - column_width / 2), int(-heatmap.size["height"] / 2 + 2.5 * row_height)
+        ActionChains(driver).move_to_element_with_offset(heatmap, x, y).perform()
+        tooltip = wait_for(lambda: driver.find_element(By.ID, "rwc-tooltip").text)
+        layer, value = history.layers[2], history.values[2, -1]
+        assert tooltip.startswith(f"{layer} |") and f"step {history.steps[-1]} |" in tooltip
+        assert float(tooltip.rsplit("RWC ", 1)[1]) == pytest.approx(value, rel=5e-3)  # shown to 3 digits
+        ActionChains(driver).move_to_element_with_offset(heatmap, x, y).click().perform()
+        title = wait_for(
+            lambda: (
+                driver.find_element(By.ID, "rwc-curve-title").text.startswith(layer)
+                and driver.find_element(By.ID, "rwc-curve-title").text
+            )
+        )
+        assert f"cluster {clusters.labels[layer]}" in title
+
+
+def test_a_live_run_gains_columns_without_a_page_reload(real_run, tmp_path, driver):
+    from selenium.webdriver.common.by import By
+
+    from lightning_rwc.values_file import ValuesWriter
+
+    run = tmp_path / "logs" / "run"
+    shutil.copytree(real_run.tensorboard_dir, run)
+    history = load_history(run)
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        show_a_layer(driver, settle=3)
+        columns = lambda: int(driver.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap").get_attribute("data-columns"))  # noqa: E731
+        assert columns() == len(history.steps)
+        writer = ValuesWriter(run / "rwc_values")  # training goes on: two more measurements
+        for step in (history.steps[-1] + 2, history.steps[-1] + 4):
+            writer.append(step, 3, dict(zip(history.layers, history.values[:, -1], strict=True)) | {"_all": 0.01})
+        writer.close()
+        assert wait_for(lambda: columns() == len(history.steps) + 2, timeout=40)
+
+
+def test_a_folder_without_rwc_values_says_so_in_the_page(tmp_path, driver):
+    from selenium.webdriver.common.by import By
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "logs" / "other"))
+    writer.add_scalar("loss", 1.0, 1)
+    writer.close()
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "iframe"))
+        driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "iframe"))
+        message = wait_for(lambda: driver.find_element(By.ID, "rwc-message").text)
+        assert message.startswith("No run here holds RWC values")
