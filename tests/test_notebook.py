@@ -34,3 +34,27 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
     assert "HDBSCAN vs k-means" in text
     assert (run / "rwc_clusters").is_dir()
     assert json.loads((run / "rwc_clusters.json").read_text())["format_version"] == 1
+
+
+STUDY_NOTEBOOK = NOTEBOOK.with_name("depth_study.ipynb")
+
+
+def test_the_depth_study_notebook_is_committed_with_its_figures():
+    nb = nbformat.read(STUDY_NOTEBOOK, as_version=4)
+    figures = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert len(figures) >= 3
+    assert any("Reading RWC across depth" in c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.slow
+def test_the_depth_study_notebook_executes_on_the_committed_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(STUDY_NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "settings from depth-study: resnet, vgg" in text
+    assert "measured / predicted at step 1" in text

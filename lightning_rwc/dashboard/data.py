@@ -67,7 +67,9 @@ def from_event_files(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
         except (OSError, ValueError) as err:
             return RunData(None, "event files", [str(err), *(str(w.message) for w in caught)])
     found = RunData(history, "event files", [str(w.message) for w in caught])
-    found.decisions = freeze_decisions(series, prefix)
+    head = f"{freeze_prefix(prefix)}/"
+    freezes = {tag: list(zip(*column, strict=True)) for tag, column in series.columns.items() if tag.startswith(head)}
+    found.decisions = freeze_decisions(freezes, prefix)
     return found
 
 
@@ -86,17 +88,17 @@ def from_scalars(scalars: dict[str, list[tuple[int, float]]], prefix: str = DEFA
     except ValueError as err:
         return RunData(None, "event files", [str(err)])
     note = "TensorBoard's data provider gave the values (sampled for long runs); layers in name order."
-    return RunData(history, "event files", [note], decisions=freeze_decisions(series, prefix))
+    return RunData(history, "event files", [note], decisions=freeze_decisions(scalars, prefix))
 
 
-def freeze_decisions(series: Series, prefix: str = DEFAULT_PREFIX) -> list[dict[str, Any]]:
-    """Each block frozen (or suggested) by ``LayerFreezer``, at the step of its decision."""
+def freeze_decisions(scalars: dict[str, list[tuple[int, float]]], prefix: str = DEFAULT_PREFIX) -> list[dict]:
+    """Each block frozen (or suggested) by ``LayerFreezer`` at the step of its decision, from ``{tag: [(step, v)]}``."""
     head = f"{freeze_prefix(prefix)}/"
     return [
         {"kind": "frozen", "name": tag[len(head) :], "step": int(step)}
-        for tag in series.columns
+        for tag, points in scalars.items()
         if tag.startswith(head) and tag != f"{head}frozen_blocks"
-        for step, value in zip(*series.columns[tag], strict=True)
+        for step, value in points
         if value == 1.0
     ]
 

@@ -25,7 +25,7 @@ from typing_extensions import override
 from werkzeug import Request, Response, wrappers
 
 from lightning_rwc.dashboard import data
-from lightning_rwc.keys import CLUSTER_RUN_DIR, DEFAULT_PREFIX
+from lightning_rwc.keys import CLUSTER_RUN_DIR, DEFAULT_PREFIX, freeze_prefix
 
 PLUGIN_NAME = "rwc"
 STATIC = Path(__file__).parent / "static"
@@ -181,23 +181,31 @@ class RWCPlugin(base_plugin.TBPlugin):
         directory = self._directory(run)
         if data.has_values_file(directory):
             found = data.from_values_file(directory, self._prefix)
+            found.decisions = data.freeze_decisions(self._scalars(request, run, freeze_prefix(self._prefix)))
         elif directory is not None and data.event_files_bytes(directory) <= OWN_READING_BYTES:
             found = data.from_event_files(directory, self._prefix)
         else:
-            ctx, eid = _context(request)
-            read = self._provider.read_scalars(
-                ctx,
-                experiment_id=eid,
-                plugin_name="scalars",
-                downsample=MAX_SAMPLES,
-                run_tag_filter=provider.RunTagFilter(runs=[run]),
-            ).get(run, {})
-            scalars = {tag: [(d.step, d.value) for d in points] for tag, points in read.items()}
-            found = data.from_scalars(scalars, self._prefix)
+            found = data.from_scalars(self._scalars(request, run), self._prefix)
         found.clusters = data.read_clusters(directory)
         with self._cache_lock:
             self._cache[run] = (version, found)
         return found
+
+    def _scalars(self, request: Request, run: str, head: str = "") -> dict[str, list[tuple[int, float]]]:
+        """The run's scalars whose tags start with ``head``, through TensorBoard's data provider (sampled)."""
+        ctx, eid = _context(request)
+        listed = self._provider.list_scalars(
+            ctx, experiment_id=eid, plugin_name="scalars", run_tag_filter=provider.RunTagFilter(runs=[run])
+        ).get(run, {})
+        tags = [tag for tag in listed if tag.startswith(head)]
+        read = self._provider.read_scalars(
+            ctx,
+            experiment_id=eid,
+            plugin_name="scalars",
+            downsample=MAX_SAMPLES,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags),
+        ).get(run, {})
+        return {tag: [(d.step, d.value) for d in read[tag]] for tag in tags if tag in read}
 
 
 class RWCLoader(base_plugin.TBLoader):

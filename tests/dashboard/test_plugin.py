@@ -188,3 +188,27 @@ def decode_bytes(body: bytes) -> tuple[dict, np.ndarray]:
     (length,) = struct.unpack("<I", body[:4])
     header = json.loads(body[4 : 4 + length])
     return header, np.frombuffer(body[4 + length :], dtype="<f4").reshape(header["shape"])
+
+
+@pytest.mark.parametrize("run", ["with_values", "events_only"])
+def test_freezing_decisions_and_health_flags_are_sent_with_their_steps(logdir, tmp_path, run):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_rwc.decide.health import first_flags
+
+    shutil.copytree(logdir / run, tmp_path / "logs" / run)
+    writer = SummaryWriter(str(tmp_path / "logs" / run))  # what LayerFreezer logs when it decides
+    writer.add_scalar("rwc_freeze/frozen_blocks", 1.0, 6)
+    writer.add_scalar("rwc_freeze/net.0", 1.0, 6)
+    writer.close()
+    header, _ = decode(get(make_plugin(tmp_path / "logs"), "/run", run=run))
+    assert header["decisions"] == [{"kind": "frozen", "name": "net.0", "step": 6}]
+    history = load_history(tmp_path / "logs" / run)
+    flags = first_flags(history.values, history.total)
+    expected = [
+        (kind, history.layers[i], history.steps[j])
+        for kind, first in flags.items()
+        for i, j in enumerate(first)
+        if j >= 0
+    ]
+    assert [(f["kind"], f["name"], f["step"]) for f in header["health"]] == expected
