@@ -89,12 +89,13 @@ class RunPanel {
     this.depthTitle = el('div', {class: 'rwc-depth-title'}, 'Depth profile: click a column.');
     this.depth = el('canvas', {width: 400, height: 240});
     this.decisions = el('ul', {class: 'rwc-decisions'});
+    this.clusterLegend = el('div', {class: 'rwc-cluster-legend'});
     this.from = el('input', {type: 'number', placeholder: 'from step', style: 'width:7em', onchange: () => this.zoomTo()});
     this.to = el('input', {type: 'number', placeholder: 'to step', style: 'width:7em', onchange: () => this.zoomTo()});
     const reset = el('button', {onclick: () => { this.zoom = null; this.from.value = ''; this.to.value = ''; this.draw(); }}, 'all steps');
     this.scroller = el('div', {class: 'rwc-scroller'}, el('div', {style: 'display:flex'}, this.labels, this.heatmap));
     this.node = el('section', {class: 'rwc-panel', 'data-run': run},
-      el('h3', {}, run), this.status,
+      el('h3', {}, run), this.status, this.clusterLegend,
       el('div', {class: 'rwc-controls'}, 'Steps ', this.from, ' to ', this.to, ' ', reset, ' ', this.legend),
       this.scroller, this.tooltip,
       el('div', {class: 'rwc-below'},
@@ -182,6 +183,7 @@ class RunPanel {
     Object.assign(this.heatmap.dataset, {rows: rows.length, columns: cols.length, layers: h.layers.length,
       clusters: h.clusters ? h.clusters.clusters.length : 0, drawMs: (performance.now() - started).toFixed(1)});
     this.drawDecisions(h);
+    this.drawClusterLegend(h);
     if (this.selection) this.drawCurves(this.selection);
     if (this.selectedColumn >= 0) this.drawDepth(this.selectedColumn);
   }
@@ -313,6 +315,11 @@ class RunPanel {
       ctx.stroke();
     });
     logAxes(ctx, box, lo, hi, 'step');
+    if (cols.length) {
+      ctx.fillText(String(h.first_steps[cols[0]]), box.x, box.y + box.h + 12);
+      const last = String(h.last_steps[cols[cols.length - 1]]);
+      ctx.fillText(last, box.x + box.w - ctx.measureText(last).width, box.y + box.h + 12);
+    }
     const cluster = summary ? `, cluster ${clusterOf} (band: its quartiles)` : '';
     this.curveTitle.textContent = `${selection.title}${selection.members.length > 1 ? ` (${selection.members.length} layers)` : ''}${cluster}`;
     this.curveTitle.id = 'rwc-curve-title';
@@ -334,6 +341,14 @@ class RunPanel {
     this.depthTitle.textContent = `Depth profile at step ${h.first_steps[j]}: Spearman ${rho.toFixed(2)} (${points.length} layers)`;
   }
 
+  drawClusterLegend(h) {
+    const clusters = h.clusters ? h.clusters.clusters : [];
+    this.clusterLegend.replaceChildren(...(clusters.length ? ['Clusters (strip left of the rows): '] : []), ...clusters.map((c) =>
+      el('span', {style: 'margin-right: 10px'},
+        el('span', {style: `display:inline-block;width:10px;height:10px;background:${CLUSTER_COLORS[c.cluster_id % CLUSTER_COLORS.length]}`}),
+        ` ${c.cluster_id}: ${c.members.length} layers`)));
+  }
+
   drawDecisions(h) {
     this.decisions.replaceChildren(...[...h.decisions, ...(h.health || [])].map((d) =>
       el('li', {}, `${d.kind === 'frozen' ? 'froze block' : d.kind === 'dead' ? 'dead layer' : 'runaway layer'} ${d.name} at step ${d.step}`)));
@@ -350,7 +365,8 @@ export async function render() {
     .rwc-tooltip { position: absolute; background: #212121; color: #fff; padding: 4px 8px; font-size: 12px;
       border-radius: 3px; pointer-events: none; z-index: 10; }
     .rwc-decisions { font-size: 12px; max-height: 220px; overflow-y: auto; }
-    .rwc-controls { font-size: 13px; display: flex; align-items: center; gap: 4px; }`));
+    .rwc-controls { font-size: 13px; display: flex; align-items: center; gap: 4px; }
+    .rwc-cluster-legend { font-size: 12px; margin: 2px 0 6px; }`));
   const state = {collapse: false, byCluster: false};
   const pickA = el('select', {id: 'rwc-run'}), pickB = el('select', {id: 'rwc-run-b'});
   const message = el('span', {id: 'rwc-message', style: 'margin-left: 12px; font-size: 13px'});
