@@ -86,7 +86,7 @@ def bench_page(logdir: Path, runs: tuple[str, ...] = ("long",)) -> list[dict]:
                     Select(driver.find_element(By.ID, "rwc-run")).select_by_value(run)
                     driver.switch_to.default_content()
                     time.sleep(2)
-                layers = show_a_layer(driver, settle=3)
+                layers = show_a_layer(driver, settle=3, click=False)
                 panel = driver.find_element(By.CSS_SELECTOR, "section.rwc-panel")
                 heatmap = driver.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap")
                 row = {"run": run, "page": visit, "rows": layers, "columns": int(heatmap.get_attribute("data-columns"))}

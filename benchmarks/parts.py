@@ -115,7 +115,7 @@ def fit_step_ms(monitors: list[Callback], layers: int, steps: int) -> float:
 
 
 def bench_step(smoke: bool) -> list[dict]:
-    layers, steps, rounds = (20, 30, 1) if smoke else (150, 300, 6)
+    layers, steps, rounds = (20, 30, 1) if smoke else (150, 400, 10)
     contenders = {
         "no monitoring": list,
         "bare tracker.step()": lambda: [BareTracker()],
@@ -128,6 +128,12 @@ def bench_step(smoke: bool) -> list[dict]:
         for name in order:
             times[name].append(fit_step_ms(contenders[name](), layers, steps))
     base, bare = (statistics.median(times[name]) for name in list(contenders)[:2])
+    names = list(contenders)
+    paired = [  # each round's ratio of the callback's cost to the bare tracker's, both against the round's baseline
+        (full - none) / (tracker - none)
+        for none, tracker, full in zip(*(times[name] for name in names), strict=True)
+        if tracker > none
+    ]
     rows = []
     for name, values in times.items():
         step = statistics.median(values)
@@ -136,6 +142,11 @@ def bench_step(smoke: bool) -> list[dict]:
             extra, tracker = step - base, bare - base
             row["over / bare tracker's (<= 1.5 or <= +0.5 ms)"] = extra / tracker if tracker > 0 else float("nan")
             row["ms more than the bare tracker"] = step - bare
+            if paired:
+                quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
+                row["same ratio, round by round: median (quartiles)"] = (
+                    f"{statistics.median(paired):.2f} ({quartiles[0]:.2f}-{quartiles[2]:.2f})"
+                )
         rows.append(row)
     return rows
 

@@ -122,8 +122,8 @@ def capture(logdir: Path, out: Path, settle: float = 6.0) -> dict[str, object]:
     return shots | {"margin_charts": charts, "rwc_rows": rows}
 
 
-def show_a_layer(driver: object, settle: float) -> int:
-    """In the RWC tab: wait for the heatmap, click a layer a third of the way down; return the number of rows."""
+def show_a_layer(driver: object, settle: float, click: bool = True) -> int:
+    """In the RWC tab: wait for the heatmap, click a layer near its top (with ``click``); return the number of rows."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -135,7 +135,10 @@ def show_a_layer(driver: object, settle: float) -> int:
     )
     rows = int(heatmap.get_attribute("data-rows"))
     height, width = heatmap.size["height"], heatmap.size["width"]
-    ActionChains(driver).move_to_element_with_offset(heatmap, width // 4, -height // 2 + height // 3).click().perform()
+    if click:
+        ActionChains(driver).move_to_element_with_offset(
+            heatmap, width // 4, -height // 2 + height // 3
+        ).click().perform()
     time.sleep(settle / 3)
     return rows
 

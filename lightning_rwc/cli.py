@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             run_demo(args)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0

@@ -262,6 +262,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         print(f"Training with {cpu_budget()} CPU threads (the CPU quota of this process).")
     pl.seed_everything(args.seed, workers=True, verbose=False)
     train, test = loaders(arrays, args.batch_size, args.limit, args.seed)
+    steps = args.epochs * len(train)
+    if steps < 2 * args.every_n_steps:  # clustering needs two measurements
+        raise ValueError(
+            f"{args.epochs} epochs of {len(train)} batches are {steps} optimizer steps: fewer than the two "
+            f"measurements (every {args.every_n_steps} steps) that clustering needs. Raise --epochs or --limit, or "
+            "lower --every-n-steps."
+        )
     module = make_classifier(resnet18_for_small_grey_images(), args.lr)
     logger = TensorBoardLogger(args.out, name=args.data)
     rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=args.every_n_steps)
@@ -307,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run_demo(args)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
 
 

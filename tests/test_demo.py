@@ -85,3 +85,12 @@ def test_demo_command_reports_missing_data_without_a_traceback(tmp_path, capsys)
 
     assert main(["demo", "--data", "fashion-mnist", "--data-dir", str(tmp_path)]) == 2
     assert "lacks train-images-idx3-ubyte.gz" in capsys.readouterr().err
+
+
+def test_a_demo_too_short_to_measure_twice_says_so_before_training(capsys):
+    from lightning_rwc.cli import main
+
+    assert main(["demo", "--epochs", "1", "--limit", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: 1 epochs of 2 batches are 2 optimizer steps")
+    assert "Raise --epochs or --limit, or lower --every-n-steps." in err
