@@ -13,6 +13,7 @@ Run names are taken only from the runs TensorBoard lists; no path from a request
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -84,7 +85,7 @@ class RWCPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _runs_route(self, request: Request) -> Response:
-        runs = [{"run": run, "version": repr(self._version(request, run))} for run in self._rwc_runs(request)]
+        runs = [{"run": run, "version": _digest(self._version(request, run))} for run in self._rwc_runs(request)]
         return http_util.Respond(request, {"runs": runs, "cluster_now": not self._read_only}, "application/json")
 
     @wrappers.Request.application
@@ -228,6 +229,11 @@ def _context(request: Request) -> tuple[Any, str]:
     from tensorboard import plugin_util
 
     return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
+
+
+def _digest(version: tuple) -> str:
+    """A short fingerprint of a run's version (what changes when it gains values), for the page to compare."""
+    return hashlib.sha1(repr(version).encode()).hexdigest()[:16]
 
 
 def _error(request: Request, message: str, code: int) -> Response:
