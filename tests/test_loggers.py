@@ -50,6 +50,13 @@ trainer:
         norm: l2
         log_prefix: weights
         exclude: conv
+        parts:
+          - class_path: lightning_rwc.parts.History
+            init_args:
+              capacity: 50
+          - class_path: lightning_rwc.parts.Loggers
+            init_args:
+              flush_every_s: 0
 """
     )
     subprocess.run([sys.executable, str(APP), "fit", "--config", str(config)], check=True, capture_output=True)
@@ -58,6 +65,7 @@ trainer:
     assert [int(r["step"]) for r in rows] == [8, 16]
     assert "weights/net.head.weight" in rows[0] and "weights/net.conv.weight" not in rows[0]
     assert float(rows[0]["weights/net.head.weight"]) == pytest.approx(float(rows[0]["weights/_all"]))
+    assert not any(key.startswith("weights_health/") for key in rows[0])  # HealthFlags left out of the parts
 
 
 def test_lightning_cli_help_shows_the_arguments_and_their_docs():
