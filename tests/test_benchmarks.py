@@ -11,12 +11,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def smoke_report(module: str, tmp_path: Path, *options: str) -> str:
+    """Run ``python -m benchmarks.<module> --smoke`` and return the Markdown report it writes."""
+    out = tmp_path / f"{module}.md"
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--smoke", *options, "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return out.read_text()
+
+
 @pytest.mark.slow
 def test_benchmark_smoke_run_writes_every_table(tmp_path):
-    out = tmp_path / "bench.md"
-    command = [sys.executable, "-m", "benchmarks.run", "--smoke", "--profile", "--out", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    report = out.read_text()
+    report = smoke_report("run", tmp_path, "--profile")
     for heading in (
         "bandwidth bound",
         "Where one measurement",
@@ -36,10 +41,7 @@ def test_benchmark_smoke_run_writes_every_table(tmp_path):
 
 @pytest.mark.slow
 def test_parts_benchmark_smoke_run_writes_every_table(tmp_path):
-    out = tmp_path / "parts.md"
-    command = [sys.executable, "-m", "benchmarks.parts", "--smoke", "--out", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    report = out.read_text()
+    report = smoke_report("parts", tmp_path)
     assert "| RelativeWeightChange() (default parts) |" in report
     assert "| 1000 | Loggers (TensorBoard, one event) |" in report
     assert "| encoded summary, google-crc32c (C) |" in report
@@ -47,7 +49,5 @@ def test_parts_benchmark_smoke_run_writes_every_table(tmp_path):
 
 @pytest.mark.slow
 def test_dashboard_benchmark_smoke_run_writes_its_table(tmp_path):
-    out = tmp_path / "dashboard.md"
-    command = [sys.executable, "-m", "benchmarks.dashboard", "--smoke", "--out", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    assert "| 1000 |" in out.read_text() and "warm answer s" in out.read_text()
+    report = smoke_report("dashboard", tmp_path)
+    assert "| 1000 |" in report and "warm answer s" in report

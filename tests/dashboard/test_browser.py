@@ -65,7 +65,7 @@ def test_the_rwc_tab_shows_every_layer_its_values_on_hover_its_curve_on_click_an
         tooltip = wait_for(lambda: driver.find_element(By.ID, "rwc-tooltip").text)
         layer, value = history.layers[2], history.values[2, -1]
         assert tooltip.startswith(f"{layer} |") and f"step {history.steps[-1]} |" in tooltip
-        assert float(tooltip.rsplit("RWC ", 1)[1]) == pytest.approx(value, rel=5e-3)  # shown to 3 digits
+        assert float(tooltip.rsplit("RWC ", 1)[1]) == pytest.approx(value, rel=6e-3)  # float32, shown to 3 digits
         ActionChains(driver).move_to_element_with_offset(heatmap, x, y).click().perform()
         title = wait_for(
             lambda: (
