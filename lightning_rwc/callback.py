@@ -16,6 +16,7 @@ from typing_extensions import override
 from lightning_rwc.history import RWCHistory
 from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, monitored_keys
 from lightning_rwc.measure import Measurement, MeasureSettings, Norm, ParamSelection, WeightChangeTracker
+from lightning_rwc.measure.adapters import AdapterMode
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.measurement import Pending
 from lightning_rwc.measure.sharding import is_sharded
@@ -63,6 +64,7 @@ class RelativeWeightChange(Callback):
         exclude: regular expressions; parameters whose name matches one are not tracked.
         snapshot_device: ``None`` keeps the snapshot beside the weights; ``"cpu"`` keeps it in host memory.
         kernel: how CUDA weights are measured: ``"auto"``, ``"foreach"`` or ``"triton"`` (see the tracker).
+        adapters: ``"effective"`` (a LoRA layer as one row: its effective weight) or ``"factors"`` (raw factors).
         log_prefix: prefix of the logged keys.
         parts: what is done with each measurement; ``None`` for :func:`~lightning_rwc.parts.default_parts`.
 
@@ -86,13 +88,14 @@ class RelativeWeightChange(Callback):
         exclude: str | Sequence[str] | None = None,
         snapshot_device: str | None = None,
         kernel: Kernel = "auto",
+        adapters: AdapterMode = "effective",
         log_prefix: str = DEFAULT_PREFIX,
         parts: Sequence[Part] | None = None,
     ) -> None:
         self.schedule = Schedule(every_n_epochs, every_n_steps)
         check_prefix(log_prefix)
         self.log_prefix = log_prefix
-        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel)
+        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters)
         self.parts: list[Part] = default_parts() if parts is None else check_parts(parts)
         self._tracker: WeightChangeTracker | None = None
         self._last_step = self._current_step = -1

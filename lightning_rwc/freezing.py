@@ -40,8 +40,8 @@ class BlockFreezer:
 
     Blocks are found from the tracked tensors' ``names``; a parameter outside every block (a batch norm between two
     blocks, say) belongs to the block of the parameter before it, and a parameter registered twice (tied weights)
-    to the block of its first name too. With ``keep_last`` the blocks of the model's last parameter are never
-    frozen: the head, or the embedding tied to it (then backward still runs through frozen layers to reach the
+    to the block of its first name too. With ``keep_last`` the blocks of the model's last trainable parameter are
+    never frozen: the head, or the embedding tied to it (then backward still runs through frozen layers to reach the
     embedding, and freezing saves their weight gradients and optimizer updates only).
 
     Args:
@@ -133,7 +133,7 @@ class BlockFreezer:
             self.freeze(list(self.policy.frozen))
 
     def _find_owners(self) -> tuple[dict[int, set[str]], int | None]:
-        """For each parameter (by identity), the blocks it belongs to under any of its names; the last parameter."""
+        """For each parameter (by identity), the blocks it belongs to under any of its names; the last trainable one."""
         owners: dict[int, set[str]] = {}
         before, last = (self.blocks.names or [None])[0], None
         for name, _, param in named_parameters(self.model, remove_duplicate=False):
@@ -141,7 +141,7 @@ class BlockFreezer:
             block = self.blocks.of(name) or first or before
             if block is not None:
                 owners.setdefault(id(param), set()).add(block)
-            before, last = block, id(param)
+            before, last = block, id(param) if param.requires_grad else last
         return owners, last
 
     def _params(self, blocks: Sequence[str]) -> list[torch.nn.Parameter]:

@@ -207,3 +207,66 @@ class RealRun:
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory) -> RealRun:
     return RealRun(tmp_path_factory.mktemp("real_run"))
+
+
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Float64 weight that each LoRA layer's forward uses, by module name: the stored base weight when merged, else
+    the base weight plus ``scaling * B @ A`` of each active adapter (transposed where the weight is stored as
+    ``(in, out)``), materialised in full."""
+    weights = {}
+    for name, layer in model.named_modules():
+        if not hasattr(layer, "lora_A"):
+            continue
+        weight = _full(layer.get_base_layer().weight).clone()
+        if not layer.merged:
+            for adapter in set(layer.active_adapters) & {*layer.lora_A, *layer.lora_embedding_A}:
+                weight += layer.scaling[adapter] * adapter_delta(layer, adapter)
+        weights[name] = weight
+    return weights
+
+
+def adapter_delta(layer: nn.Module, adapter: str) -> torch.Tensor:
+    """``B @ A`` of one adapter in float64, laid out as the base weight is stored (without the scaling)."""
+    if adapter in layer.lora_embedding_A:
+        a, b = _full(layer.lora_embedding_A[adapter]), _full(layer.lora_embedding_B[adapter])
+        return (b @ a).T
+    a, b = _full(layer.lora_A[adapter].weight), _full(layer.lora_B[adapter].weight)
+    if a.dim() > 2:
+        shape = layer.get_base_layer().weight.shape
+        return (b.flatten(1) @ a.flatten(1)).reshape(shape)
+    return (b @ a).T if layer.fan_in_fan_out else b @ a
+
+
+def make_lora_module(blocks: int = 4):
+    """A LightningModule fine-tuning a randomly initialised tiny GPT-2 with LoRA (PEFT) on random tokens; AdamW whose
+    learning rate falls 100x each epoch, so every layer's RWC falls far below its first value."""
+    import lightning.pytorch as pl
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class LoraModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            config = GPT2Config(n_layer=blocks, n_embd=32, n_head=4, vocab_size=64, n_positions=16)
+            self.model = get_peft_model(GPT2LMHeadModel(config), LoraConfig(r=4, target_modules=["c_attn", "c_proj"]))
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0], labels=batch[0]).loss
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-3)
+            return [optimizer], [torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.01)]
+
+    return LoraModule()
+
+
+def token_loader(n: int = 64, length: int = 16) -> torch.utils.data.DataLoader:
+    """Random token sequences of the tiny GPT-2's vocabulary."""
+    tokens = torch.randint(0, 64, (n, length), generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens), batch_size=8)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A float64 copy of all of ``t`` (a ``DTensor`` gathered from every rank)."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().double()

@@ -51,3 +51,11 @@ def test_parts_benchmark_smoke_run_writes_every_table(tmp_path):
 def test_dashboard_benchmark_smoke_run_writes_its_table(tmp_path):
     report = smoke_report("dashboard", tmp_path)
     assert "| 1000 |" in report and "warm answer s" in report
+
+
+@pytest.mark.slow
+def test_adapters_benchmark_smoke_run_writes_its_table(tmp_path):
+    pytest.importorskip("peft")
+    report = smoke_report("adapters", tmp_path)
+    assert "| l1 | 8 |" in report and "| l2 | 8 |" in report  # 2 blocks x (c_attn, attn c_proj, c_fc, mlp c_proj)
+    assert "materialised (ms)" in report

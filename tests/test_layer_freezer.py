@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import fit_kwargs
+from conftest import fit_kwargs, make_lora_module, token_loader
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -88,6 +88,21 @@ def test_frozen_blocks_stop_for_good_from_their_decision_on_and_their_curves_end
     counts = {int(r["step"]): float(r["rwc_freeze/frozen_blocks"]) for r in rows if r.get("rwc_freeze/frozen_blocks")}
     assert counts == {8: 0.0, 16: 3.0, 24: 3.0, 32: 3.0}
     assert [int(r["step"]) for r in rows if r.get("rwc_freeze/1")] == [16]
+
+
+def test_settled_blocks_of_a_lora_fine_tuning_freeze_their_adapters():
+    pytest.importorskip("peft")
+    rwc, freezer = RelativeWeightChange(), LayerFreezer(**FAST)
+    trainer = Trainer(max_epochs=3, callbacks=[rwc, freezer], logger=False, **fit_kwargs())
+    module = make_lora_module()
+    trainer.fit(module, token_loader())
+    assert freezer.frozen == {"0": 16, "1": 16, "2": 16}  # every block but the last, at the second measurement
+    assert rwc.history.layers[0] == "model.transformer.h.0.attn.c_attn.weight"
+    for name, param in module.named_parameters():
+        if "lora_" in name:
+            assert param.requires_grad is name.startswith("model.base_model.model.transformer.h.3."), name
+    last = rwc.history.values[:, -1]  # (layers, measurements): the frozen rows have no value any more
+    assert all(map(math.isnan, last[:9])) and not any(map(math.isnan, last[9:]))
 
 
 def test_suggesting_changes_nothing_in_the_run():

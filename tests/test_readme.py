@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -25,6 +26,9 @@ def test_python_examples_run_in_order(tmp_path, monkeypatch, capsys):
     assert namespace["rwc"].history.steps == [8, 16, 24, 32, 40]
     assert set(namespace["result"].labels) == set(namespace["rwc"].history.layers)
     assert len(namespace["values"]) == 3  # two linear layers and "_all"
+    lora = namespace["lora_rwc"].history  # one row per adapted layer: 4 blocks x (c_attn, attn.c_proj, mlp.c_proj)
+    assert len(lora.layers) == 12 and all("lora_" not in name and "base_model" not in name for name in lora.layers)
+    assert not np.isnan(lora.values).any()
     assert (tmp_path / "lightning_logs" / "version_0").is_dir()
 
 

@@ -10,6 +10,9 @@ norm               numerator term                         denominator term      
 ``elementwise``    ``|P - W| / |P|`` where ``P != 0``     ``1`` where ``P != 0``       the ratio
 =================  =====================================  ===========================  =====================
 
+A low-rank adapter changes a layer's effective weight by a product of small factors; :func:`low_rank_sums` forms the
+same sums for it without the full-size change (see :mod:`lightning_rwc.measure.adapters`).
+
 Sums add up over the elements, rows, shards and tensors they cover, so a measurement moves sums (not ratios)
 between devices and ranks and forms ratios once, in float64, with :func:`ratios`. Every backend of the tracker
 forms its sums with :func:`element_sums` or :func:`tensor_sums` (the Triton kernel of
@@ -92,6 +95,65 @@ def element_sums(
     torch.sum(_power(change, order), dim, dtype=out.dtype, out=out[0])
     torch.sum(_power(previous, order, change), dim, dtype=out.dtype, out=out[1])
     return out
+
+
+def low_rank_sums(
+    base: Tensor,
+    change: tuple[Tensor, Tensor],
+    previous: tuple[Tensor, Tensor],
+    norm: str,
+    chunk: int = 1 << 22,
+) -> Tensor:
+    """The sums of a change ``W - P = U @ V`` against ``P = base + Up @ Vp``, given as factors.
+
+    For l2 no product of factors is formed in full: the numerator is ``sum((U^T U) * (V V^T))`` and the denominator
+    ``||base||^2 + 2 sum((base Vp^T) * Up) + sum((Up^T Up) * (Vp Vp^T))``, from ``R x R`` and ``m x Rp`` products.
+    The other norms form ``U @ V`` and ``P`` in bounded pieces of about ``chunk`` elements (a few rows at a time).
+    Terms are accumulated in :func:`accumulation_dtype` of ``base``.
+
+    Args:
+        base: ``(m, n)``, the part of ``P`` that is not low-rank.
+        change: ``U`` ``(m, R)`` and ``V`` ``(R, n)``.
+        previous: ``Up`` ``(m, Rp)`` and ``Vp`` ``(Rp, n)``.
+        norm: one of :data:`NORMS`.
+        chunk: about how many elements a piece holds.
+
+    Returns:
+        ``(2,)`` numerator and denominator sums, on ``base``'s device.
+
+    Example::
+
+        >>> base, u, v = torch.eye(2), torch.ones(2, 1), torch.tensor([[0.5, 0.0]])
+        >>> low_rank_sums(base, (u, v), (u[:, :0], v[:0]), "l1").tolist()
+        [1.0, 2.0]
+    """
+    dtype = accumulation_dtype(base.dtype)
+    u, v, up, vp = (factor.to(dtype) for factor in (*change, *previous))
+    sums = torch.zeros(2, dtype=dtype, device=base.device)
+    rows = max(1, chunk // max(1, base.shape[1]))
+    for start in range(0, base.shape[0], rows):
+        piece = slice(start, start + rows)
+        weights = base[piece].to(dtype)
+        if norm == "l2":
+            sums[1] += torch.linalg.vector_norm(weights).square() + 2 * ((weights @ vp.T) * up[piece]).sum()
+            continue
+        weights = torch.addmm(weights, up[piece], vp)
+        difference = torch.mm(u[piece], v).abs_()
+        if norm == "l1":
+            sums += torch.stack([difference.sum(), weights.abs_().sum()])
+            continue
+        nonzero = weights != 0
+        terms = difference.div_(weights.abs_()).masked_fill_(~nonzero, 0.0)
+        sums += torch.stack([terms.sum(), nonzero.sum(dtype=dtype)])
+    if norm == "l2":
+        sums[0] = _gram(u, v)
+        sums[1] = (sums[1] + _gram(up, vp)).clamp_(min=0.0)
+    return sums
+
+
+def _gram(u: Tensor, v: Tensor) -> Tensor:
+    """``||U @ V||^2`` from the ``R x R`` products ``(U^T U) * (V V^T)``."""
+    return ((u.T @ u) * (v @ v.T)).sum().clamp_(min=0.0)
 
 
 def tensor_sums(tensors: Sequence[Tensor], norm: str) -> Tensor:

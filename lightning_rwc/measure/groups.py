@@ -1,4 +1,7 @@
-"""The tracked tensors grouped by device and dtype, each group measured by its backend, sums in tracked order."""
+"""The tracked tensors grouped by device and dtype, each group measured by its backend, sums in tracked order.
+
+Adapter rows (:mod:`lightning_rwc.measure.adapters`) form one more group, measured by their own backend.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_rwc.measure.adapters import AdapterMeasure, AdapterRow, current, replicas
 from lightning_rwc.measure.backends import Backend, create_backend
 from lightning_rwc.measure.settings import MeasureSettings
 from lightning_rwc.measure.sharding import copies, local
 from lightning_rwc.warn_once import WarnOnce
+
+Tracked = Tensor | AdapterRow
+"""What a tracker follows under a name: a parameter, or an adapter row."""
+
+ADAPTERS = "adapters"
+"""The key of the group of adapter rows."""
 
 
 @dataclass
@@ -41,33 +51,38 @@ class BackendGroups:
         """For sharded parameters, how many ranks hold each shard."""
         self._order: Tensor | None = None
 
-    def arrange(self, params: dict[str, Tensor], baselines: dict[str, Tensor], sharded: bool) -> None:
+    def arrange(self, params: dict[str, Tracked], baselines: dict[str, Tensor], sharded: bool) -> None:
         """Measure ``params`` from now on, each against its baseline (its current weights where it has none)."""
         names, params_list = list(params), list(params.values())
-        weights = [local(p) for p in params_list]
-        positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, w in enumerate(weights):
-            positions.setdefault((w.device, w.dtype), []).append(i)
+        positions: dict[object, list[int]] = {}
+        for i, p in enumerate(params_list):
+            w = p if isinstance(p, AdapterRow) else local(p)
+            positions.setdefault(ADAPTERS if isinstance(w, AdapterRow) else (w.device, w.dtype), []).append(i)
         self._names, self._groups = names, []  # the old snapshots live on in ``baselines`` only
         settings = self.settings
-        for members in positions.values():
-            backend = create_backend(
-                [weights[i] for i in members],
-                [baselines.get(names[i]) for i in members],
-                settings.norm,
-                settings.kernel,
-                settings.snapshot_device,
-                self._warn,
-            )
+        for key, members in positions.items():
+            if key == ADAPTERS:
+                rows = [params_list[i] for i in members]
+                backend = AdapterMeasure(rows, [baselines.get(names[i]) for i in members], settings.norm)
+            else:
+                backend = create_backend(
+                    [local(params_list[i]) for i in members],
+                    [baselines.get(names[i]) for i in members],
+                    settings.norm,
+                    settings.kernel,
+                    settings.snapshot_device,
+                    self._warn,
+                )
             self._groups.append(_Group(members, backend))
         order = [i for group in self._groups for i in group.positions]
-        self.device = weights[0].device if weights else None
+        self.device = value(params_list[0]).device if params_list else None
         self._order = None if order == sorted(order) else torch.tensor(order).argsort().to(self.device)
         self.pointers = data_pointers(params_list, sharded)
         if sharded:
-            self.replicas = torch.tensor([copies(p) for p in params_list], dtype=torch.float64).to(self.device)
+            counts = [replicas(p) if isinstance(p, AdapterRow) else copies(p) for p in params_list]
+            self.replicas = torch.tensor(counts, dtype=torch.float64).to(self.device)
 
-    def follow_storage(self, params: dict[str, Tensor], sharded: bool) -> set[int] | None:
+    def follow_storage(self, params: dict[str, Tracked], sharded: bool) -> set[int] | None:
         """Arrange again if a weight got new storage (``param.data = ...``, as ``model.to(...)`` does).
 
         The snapshot follows the weights to their dtype and device and keeps the baseline; a weight given another
@@ -78,7 +93,7 @@ class BackendGroups:
         if not tensors or data_pointers(tensors, sharded) == self.pointers:
             return None
         snapshots = self.snapshots()
-        restarted = {i for i, name in enumerate(names) if local(tensors[i]).shape != snapshots[name].shape}
+        restarted = {i for i, name in enumerate(names) if value(tensors[i]).shape != snapshots[name].shape}
         self.arrange(params, {n: snapshots[n] for i, n in enumerate(names) if i not in restarted}, sharded)
         return restarted
 
@@ -97,8 +112,18 @@ class BackendGroups:
         return sums if self._order is None else sums[:, self._order]
 
 
-def data_pointers(params: list[Tensor], sharded: bool) -> list[int]:
-    """Where each tracked tensor's memory starts (its local shard's, for sharded parameters)."""
-    if sharded:
-        return [local(p).data_ptr() for p in params]
+def same(a: Tracked | None, b: Tracked) -> bool:
+    """Whether ``a`` is still ``b``: the same parameter, or a row of the same adapter of the same layer."""
+    return a is b or (isinstance(a, AdapterRow) and a == b)
+
+
+def value(tracked: Tracked) -> Tensor:
+    """What the snapshot of ``tracked`` holds: a weight's local part, or an adapter row's factors."""
+    return current(tracked) if isinstance(tracked, AdapterRow) else local(tracked)
+
+
+def data_pointers(params: list[Tracked], sharded: bool) -> list[int]:
+    """Where each tracked tensor's memory starts (its local shard's; an adapter row's ``A``)."""
+    if sharded or any(isinstance(p, AdapterRow) for p in params):
+        return [local(p.raw()[0] if isinstance(p, AdapterRow) else p).data_ptr() for p in params]
     return list(map(Tensor.data_ptr, params))

@@ -2,25 +2,33 @@
 
 Wrappers that PyTorch puts around a model add attributes to every parameter's name: ``torch.compile`` adds
 ``_orig_mod.``, activation checkpointing ``_checkpoint_wrapped_module.``, FSDP1 ``_fsdp_wrapped_module.`` and
-``DataParallel`` / ``DistributedDataParallel`` their ``module.``. Those are left out of tracked names, so the same
-network gives the same curves wrapped or not; filters (``include`` / ``exclude``) see the names without them.
+``DataParallel`` / ``DistributedDataParallel`` their ``module.``; PEFT adds ``base_model.model.`` around the model,
+``base_layer.`` inside an adapted layer and ``modules_to_save.<adapter>.`` inside a module it trains a copy of.
+Those are left out of tracked names, so the same network gives the same curves wrapped or not; filters
+(``include`` / ``exclude``) see the names without them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from lightning_rwc.validate import choices
 
+if TYPE_CHECKING:
+    from lightning_rwc.measure.adapters import AdapterRow
+
 ParamSelection = Literal["weights", "trainable"]
 PARAM_SELECTIONS = choices(ParamSelection)
 
-WRAPPER_ATTRIBUTES = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
+WRAPPER_ATTRIBUTES = frozenset({"_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module", "base_layer"})
 """Attribute names that wrappers insert anywhere in a parameter's name."""
+
+WRAPPER_PAIRS = {"base_model": "model", "modules_to_save": None}
+"""Pairs of attribute names that wrappers insert: the first, then this one (``None``: any name)."""
 
 
 def compile_patterns(patterns: str | Iterable[str] | None, what: str) -> list[re.Pattern[str]]:
@@ -64,12 +72,21 @@ def user_name(name: str, parallel: Iterable[str] = ()) -> str:
         ('fc.weight', 'module.fc.weight')
         >>> user_name("_orig_mod.module.fc.weight", parallel=["_orig_mod"])
         'fc.weight'
+        >>> user_name("base_model.model.h.0.attn.c_attn.base_layer.weight")
+        'h.0.attn.c_attn.weight'
     """
     for prefix in sorted(parallel, key=len, reverse=True):  # the innermost first: its name holds the outer ones
         head = f"{prefix}.module." if prefix else "module."
         if name.startswith(head):
             name = name[: len(head) - len("module.")] + name[len(head) :]
-    return ".".join(part for part in name.split(".") if part not in WRAPPER_ATTRIBUTES)
+    parts, kept = name.split("."), []
+    while parts:
+        part = parts.pop(0)
+        if part in WRAPPER_PAIRS and parts and WRAPPER_PAIRS[part] in (None, parts[0]):
+            parts.pop(0)
+        elif part not in WRAPPER_ATTRIBUTES:
+            kept.append(part)
+    return ".".join(kept)
 
 
 def named_parameters(model: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, str, nn.Parameter]]:
@@ -80,10 +97,15 @@ def named_parameters(model: nn.Module, remove_duplicate: bool = True) -> Iterato
         >>> [(name, raw) for name, raw, _ in named_parameters(nn.DataParallel(nn.Linear(2, 2)))]
         [('weight', 'module.weight'), ('bias', 'module.bias')]
     """
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    parallel = [name for name, module in model.named_modules() if isinstance(module, wrappers)]
+    parallel = parallel_wrappers(model)
     for raw, param in model.named_parameters(remove_duplicate=remove_duplicate):
         yield user_name(raw, parallel), raw, param
+
+
+def parallel_wrappers(model: nn.Module) -> list[str]:
+    """The qualified names of the ``DataParallel`` / ``DistributedDataParallel`` modules of ``model``."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return [name for name, module in model.named_modules() if isinstance(module, wrappers)]
 
 
 def select_parameters(
@@ -91,11 +113,14 @@ def select_parameters(
     params: ParamSelection = "weights",
     include: Sequence[re.Pattern[str]] = (),
     exclude: Sequence[re.Pattern[str]] = (),
-) -> list[tuple[str, nn.Parameter]]:
+    rows: Mapping[int, AdapterRow] | None = None,
+) -> list[tuple[str, nn.Parameter | AdapterRow]]:
     """The ``(name, parameter)`` pairs that a tracker with these filters follows, each shared parameter once.
 
     Only parameters with ``requires_grad`` are followed; ``params="weights"`` keeps those with more than one
     dimension. Names are :func:`user_name` of ``named_parameters()`` (the raw name where two would coincide).
+    A parameter found in ``rows`` (by ``id``, see :func:`~lightning_rwc.measure.adapters.adapter_rows`) stands
+    for its row: the row is followed in its place, under its own name.
 
     Example::
 
@@ -107,15 +132,20 @@ def select_parameters(
         >>> [name for name, _ in select_parameters(nn.DataParallel(model))]
         ['0.weight']
     """
-    selected: dict[str, nn.Parameter] = {}
-    kernels_only = params == "weights"
+    selected: dict[str, nn.Parameter | AdapterRow] = {}
+    kernels_only, rows = params == "weights", rows or {}
     for name, raw, param in named_parameters(model):
-        if not param.requires_grad or (kernels_only and param.ndim < 2):
+        row = rows.get(id(param))
+        if row is not None:
+            name, raw = row.name, row.name
+            if row.name in selected:
+                continue
+        elif not param.requires_grad or (kernels_only and param.ndim < 2):
             continue
         name = raw if name in selected else name
         if include and not any(p.search(name) for p in include):
             continue
         if exclude and any(p.search(name) for p in exclude):
             continue
-        selected[name] = param
+        selected[name] = param if row is None else row
     return list(selected.items())

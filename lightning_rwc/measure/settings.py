@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_rwc.measure.adapters import ADAPTER_MODES, AdapterMode
 from lightning_rwc.measure.backends import KERNELS, Kernel
 from lightning_rwc.measure.functional import NORMS, Norm
 from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, compile_patterns
@@ -42,11 +43,13 @@ class MeasureSettings:
     exclude: Patterns = None
     snapshot_device: str | torch.device | None = None
     kernel: Kernel = "auto"
+    adapters: AdapterMode = "effective"
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, NORMS)
         check_choice("params", self.params, PARAM_SELECTIONS)
         check_choice("kernel", self.kernel, KERNELS)
+        check_choice("adapters", self.adapters, ADAPTER_MODES)
         for name in ("include", "exclude"):
             patterns = getattr(self, name)
             compile_patterns(patterns, name)

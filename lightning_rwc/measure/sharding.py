@@ -59,6 +59,40 @@ def copies(param: Tensor) -> int:
     return world_size()
 
 
+def first_row(param: Tensor) -> int | None:
+    """Where this rank's rows of ``param`` start: 0 for a plain tensor, the offset of a ``DTensor`` sharded by rows.
+
+    ``None`` for other placements (split along another dimension, or over several mesh dimensions), whose local
+    part is not a block of whole rows.
+
+    Example::
+
+        >>> first_row(torch.ones(4, 2))
+        0
+    """
+    if not is_sharded(param):
+        return 0
+    placements = [p for p in param.placements if not p.is_replicate()]
+    if not placements:
+        return 0
+    if len(placements) > 1 or not placements[0].is_shard(dim=0):
+        return None
+    dim = list(param.placements).index(placements[0])
+    rows = math.ceil(param.shape[0] / param.device_mesh.size(dim))  # the split of torch.chunk, as Shard(0) makes it
+    return min(rows * param.device_mesh.get_local_rank(dim), param.shape[0])
+
+
+def full(param: Tensor) -> Tensor:
+    """All of ``param`` on every rank (a collective for a ``DTensor``), detached.
+
+    Example::
+
+        >>> full(torch.nn.Parameter(torch.ones(2))).requires_grad
+        False
+    """
+    return (param.full_tensor() if is_sharded(param) else param).detach()
+
+
 def world_size() -> int:
     """The number of ranks, 1 without a process group."""
     import torch.distributed as dist

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_rwc.measure.adapters import AdapterMode, adapter_rows
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.functional import Norm
-from lightning_rwc.measure.groups import BackendGroups
+from lightning_rwc.measure.groups import BackendGroups, Tracked, same, value
 from lightning_rwc.measure.measurement import Measurement, named_values, to_host, wait
 from lightning_rwc.measure.select import ParamSelection, select_parameters
 from lightning_rwc.measure.settings import MeasureSettings
@@ -55,6 +56,9 @@ class WeightChangeTracker:
         kernel: ``"auto"`` measures CUDA weights with a fused Triton kernel where it works (PyTorch's multi-tensor
             kernels otherwise, with a warning) and CPU weights in cache-sized batches; ``"foreach"`` uses PyTorch's
             multi-tensor kernels everywhere; ``"triton"`` insists on the Triton kernel.
+        adapters: ``"effective"`` measures each adapter of a LoRA layer (PEFT) by the change of the layer's
+            effective weight, in one row named as the layer's weight (:mod:`lightning_rwc.measure.adapters`);
+            ``"factors"`` tracks the adapters' factors ``lora_A`` and ``lora_B`` as parameters.
         warn: where warnings go (once per layer and kind); by default a :class:`RuntimeWarning` at the caller.
 
     Attributes:
@@ -89,17 +93,18 @@ class WeightChangeTracker:
         exclude: str | Sequence[str] | None = None,
         snapshot_device: str | torch.device | None = None,
         kernel: Kernel = "auto",
+        adapters: AdapterMode = "effective",
         warn: Emit | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network itself.")
-        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel)
+        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters)
         self.model = model
         self.sharded = any(map(is_sharded, model.parameters()))
         self._patterns = self.settings.patterns()
         self._warn = WarnOnce(warn)
         self._watch = ParameterWatch(model)
-        self._params: dict[str, Tensor] = {}
+        self._params: dict[str, Tracked] = {}
         self._groups = BackendGroups(self.settings, self._warn)
         self._finish = functools.partial(named_values, norm=self.settings.norm, warn=self._warn)
         self._watch.changed()
@@ -117,7 +122,7 @@ class WeightChangeTracker:
     ) -> WeightChangeTracker:
         """A tracker of ``model`` with ``settings`` (as the callback makes one)."""
         s = settings
-        return cls(model, s.norm, s.params, s.include, s.exclude, s.snapshot_device, s.kernel, warn)
+        return cls(model, s.norm, s.params, s.include, s.exclude, s.snapshot_device, s.kernel, s.adapters, warn)
 
     @property
     def names(self) -> list[str]:
@@ -167,7 +172,7 @@ class WeightChangeTracker:
             measured = [True] * len(params)
         else:
             now = self._params if selection is None else selection
-            measured = [i not in restarted and now.get(names[i]) is param for i, param in enumerate(params)]
+            measured = [i not in restarted and same(now.get(names[i]), param) for i, param in enumerate(params)]
         arrival = None
         if self.sharded:
             device = self._groups.device or self._any_device()
@@ -196,32 +201,33 @@ class WeightChangeTracker:
             ValueError: if a tensor's shape differs from the tracked one's.
         """
         snapshots = self._groups.snapshots()
-        for name, value in state.items():
+        for name, saved in state.items():
             if name in snapshots:
-                if value.shape != snapshots[name].shape:
+                if saved.shape != snapshots[name].shape:
                     raise ValueError(
-                        f"snapshot of {name!r} has shape {tuple(value.shape)}, expected {tuple(snapshots[name].shape)}"
+                        f"snapshot of {name!r} has shape {tuple(saved.shape)}, expected {tuple(snapshots[name].shape)}"
                     )
-                snapshots[name].copy_(value)
+                snapshots[name].copy_(saved)
 
     def reset(self) -> None:
         """Make the current weights the new baseline, without measuring."""
         with torch.no_grad():
             for name, snapshot in self._groups.snapshots().items():
-                snapshot.copy_(local(self._params[name]))
+                snapshot.copy_(value(self._params[name]))
 
-    def _select(self) -> dict[str, Tensor]:
-        """The parameters that pass the filters now, by name."""
-        return dict(select_parameters(self.model, self.settings.params, *self._patterns))
+    def _select(self) -> dict[str, Tracked]:
+        """The parameters (and adapter rows) that pass the filters now, by name."""
+        rows = adapter_rows(self.model, self._warn) if self.settings.adapters == "effective" else None
+        return dict(select_parameters(self.model, self.settings.params, *self._patterns, rows))
 
     def _any_device(self) -> torch.device | None:
         """The device of the model's first parameter, for a rank that tracks nothing now."""
         param = next(iter(self.model.parameters()), None)
         return None if param is None else local(param).device
 
-    def _track(self, selection: dict[str, Tensor]) -> None:
+    def _track(self, selection: dict[str, Tracked]) -> None:
         """Follow exactly ``selection``: a parameter kept under its name keeps its baseline, others start now."""
         snapshots = self._groups.snapshots()
-        kept = {name: snapshots[name] for name, param in selection.items() if self._params.get(name) is param}
+        kept = {name: snapshots[name] for name, param in selection.items() if same(self._params.get(name), param)}
         self._params = selection
         self._groups.arrange(selection, kept, self.sharded)

@@ -8,7 +8,9 @@ many all-reduces each measurement made, to ``OUT_DIR/<topology>.pt``.
 Topologies: HSDP (``fully_shard`` on a 2 x 2 replicate x shard mesh), tensor parallel (``ColwiseParallel`` /
 ``RowwiseParallel`` on 4 ranks: ``Shard(0)``, ``Shard(1)`` and ``Replicate()`` placements), FSDP2 + tensor parallel
 on a 2 x 2 mesh, uneven shards (dimensions not divisible by 4, and one with fewer rows than ranks, so that a rank
-holds an empty shard), and a model mixing replicated (plain) and sharded parameters.
+holds an empty shard), a model mixing replicated (plain) and sharded parameters, and LoRA adapters (PEFT, on a
+``Linear`` and a ``Conv1D`` stored as ``(in, out)``) measured by their effective weights under FSDP2 and DDP, against
+the full effective weights.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import reference_rwc  # noqa: E402
+from conftest import effective_weights, reference_rwc  # noqa: E402
 
 import lightning_rwc.measure.sharding as sharding  # noqa: E402
 from lightning_rwc import WeightChangeTracker  # noqa: E402
@@ -92,12 +94,38 @@ def mixed(model: nn.Module) -> nn.Module:
     return model
 
 
+class LoraMLP(nn.Module):
+    """An ``nn.Linear`` and GPT-2's ``Conv1D`` with a LoRA adapter of rank 2 each (random factors) on a frozen base."""
+
+    def __new__(cls) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        base = nn.Module()
+        base.up, base.down = nn.Linear(8, 12), Conv1D(6, 12)
+        config = LoraConfig(r=2, target_modules=["up", "down"], init_lora_weights=False)
+        return get_peft_model(base, config)
+
+
+def lora_fsdp(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model.base_model.model.up)
+    return fully_shard(model)
+
+
+def lora_ddp(model: nn.Module) -> nn.Module:
+    return nn.parallel.DistributedDataParallel(model)
+
+
 TOPOLOGIES = {
     "hsdp": (MLP, hsdp),
     "tensor-parallel": (MLP, tensor_parallel),
     "fsdp-and-tensor-parallel": (MLP, fsdp_and_tensor_parallel),
     "uneven": (Uneven, uneven),
     "mixed": (MLP, mixed),
+    "lora-fsdp2": (LoraMLP, lora_fsdp),
+    "lora-ddp": (LoraMLP, lora_ddp),
 }
 
 
@@ -112,10 +140,19 @@ def move(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
+            if not param.requires_grad:  # a frozen base weight stays as it is
+                continue
             factor = 1 + 0.01 * torch.randn(param.shape, generator=generator)
             if sharding.is_sharded(param):
                 factor = distribute_tensor(factor, param.device_mesh, param.placements)
             param.mul_(factor)
+
+
+def weights(model: nn.Module, lora: bool) -> dict[str, torch.Tensor]:
+    """Every parameter in full; for LoRA models each adapted layer's effective weight, under its row's name."""
+    if not lora:
+        return {n: full(p) for n, p in model.named_parameters()}
+    return {f"{n.split('base_model.model.')[-1]}.weight": w for n, w in effective_weights(model).items()}
 
 
 def worker(rank: int, out: str, port: str) -> None:
@@ -130,10 +167,11 @@ def worker(rank: int, out: str, port: str) -> None:
             model = shard(build())
             tracker = WeightChangeTracker(model, params="trainable")
             steps = []
+            lora = name.startswith("lora")
             for seed in (1, 2):
-                before = {n: full(p) for n, p in model.named_parameters()}
+                before = weights(model, lora)
                 move(model, seed)
-                after = {n: full(p) for n, p in model.named_parameters()}
+                after = weights(model, lora)
                 calls.clear()
                 values = tracker.step()
                 reference = reference_rwc(before, after, "l1")
