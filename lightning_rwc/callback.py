@@ -36,6 +36,10 @@ UNSUPPORTED = (
 NO_STATE = (
     "The checkpoint holds no RelativeWeightChange state (an older checkpoint, or other settings): curves restart."
 )
+NO_MEASUREMENT = (
+    "RelativeWeightChange took no measurement: training ended at step {} (epoch {}), before the first one "
+    "(every_n_epochs={}, every_n_steps={}). Train longer, or measure more often (every_n_steps)."
+)
 STATE_VERSION = 3  # 3: parts' states under "parts"; 2: the history at the top, as tensors; 1: as lists
 
 
@@ -101,6 +105,7 @@ class RelativeWeightChange(Callback):
         self._last_step = self._current_step = -1
         self._pending_snapshot: dict[str, torch.Tensor] | None = None
         self._pending = Pending()  # taken, not yet handed to the parts
+        self._measured = False  # whether a measurement reached the parts in this process
         self._share = False  # whether rank zero hands its values to ranks that do not measure
         self._monitors: set[str] = {f"{log_prefix}/{ALL_KEY}"}  # the per-layer keys put in callback_metrics
         self._keys: dict[str, str] = {}  # layer -> metric key, kept while the layers stay the same
@@ -226,6 +231,7 @@ class RelativeWeightChange(Callback):
         for step, epoch, measurement in self._pending.take(wait):
             if not (values := measurement.values()):
                 continue
+            self._measured = True
             if self._keys.keys() != values.keys():
                 self._keys = {name: f"{self.log_prefix}/{name}" for name in values}
             metrics = dict(zip(self._keys.values(), values.values(), strict=True))
@@ -237,6 +243,10 @@ class RelativeWeightChange(Callback):
 
     def _finish(self, trainer: pl.Trainer) -> None:
         self._hand_over(trainer, wait=True)
+        if not self._measured:
+            schedule = self.schedule
+            when = (trainer.global_step, trainer.current_epoch, schedule.every_n_epochs, schedule.every_n_steps)
+            self.warn("none", NO_MEASUREMENT.format(*when))
         for part in self.parts:
             part.flush(trainer, force=True)
         for part in self.parts:

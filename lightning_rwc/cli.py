@@ -7,6 +7,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from lightning_rwc.clustering import METHODS
 from lightning_rwc.keys import CLUSTER_RUN_DIR, DEFAULT_PREFIX
 
 
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run: open the Custom Scalars tab), <run>/rwc_clusters.json and PNG plots.",
     )
     cluster.add_argument("path", help="a run directory, a folder of runs (each run below it), a metrics CSV or JSON")
-    cluster.add_argument("--method", choices=("hdbscan", "kmeans"), default="hdbscan", help="default: hdbscan")
+    cluster.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="default: auto (HDBSCAN where it finds structure, else k-means with k by silhouette)",
+    )
     cluster.add_argument("--k", type=int, default=None, help="k for kmeans (default: chosen by silhouette)")
     cluster.add_argument("--features", choices=("magnitude", "shape"), default="magnitude", help="default: magnitude")
     cluster.add_argument("--reduction", choices=("pca", "none", "umap"), default="pca", help="default: pca")

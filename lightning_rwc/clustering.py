@@ -34,7 +34,8 @@ from lightning_rwc.validate import check_choice
 CLUSTERS_FORMAT = 1
 FEATURES = ("magnitude", "shape")
 REDUCTIONS = ("pca", "none", "umap")
-METHODS = ("hdbscan", "kmeans")
+METHODS = ("auto", "hdbscan", "kmeans")
+Method = Literal["auto", "hdbscan", "kmeans"]
 
 
 @dataclass
@@ -138,8 +139,9 @@ class ClusterResult:
     def markdown(self) -> str:
         """A short Markdown report: quality figures, then each cluster's members and depth range."""
         silhouette = "n/a" if self.silhouette is None else f"{self.silhouette:.3f}"
+        method = self.params.get("why", self.params.get("method"))
         lines = [
-            f"**{self.n_clusters} clusters** of {len(self.layers)} layers ({self.params.get('method')}); "
+            f"**{self.n_clusters} clusters** of {len(self.layers)} layers ({method}); "
             f"silhouette {silhouette}, noise {self.noise_fraction:.0%}, explained variance "
             f"{self.explained_variance:.0%}.",
             "",
@@ -162,7 +164,7 @@ def cluster_layers(
     *,
     features: Literal["magnitude", "shape"] = "magnitude",
     reduction: Literal["pca", "none", "umap"] = "pca",
-    method: Literal["hdbscan", "kmeans"] = "hdbscan",
+    method: Method = "auto",
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
     max_components: int = 10,
@@ -177,8 +179,10 @@ def cluster_layers(
         features: ``"magnitude"`` (log curves as they are) or ``"shape"`` (log curves z-scored per layer).
         reduction: ``"pca"`` (components kept up to ``explained_variance``, at most ``max_components``),
             ``"none"``, or ``"umap"`` (needs the ``umap-learn`` package).
-        method: ``"hdbscan"`` (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"`` (every
-            layer gets a cluster, as in the original recipe).
+        method: ``"auto"`` (HDBSCAN where it finds structure, at least two clusters holding at least half of the
+            layers; otherwise k-means with k by silhouette: ``params["why"]`` says which and why), ``"hdbscan"``
+            (no k needed; layers that fit no cluster are labelled ``-1``) or ``"kmeans"`` (every layer gets a
+            cluster, as in the original recipe).
         n_clusters: k for k-means; ``None`` picks it by the best silhouette for k in 2..10.
         min_cluster_size: HDBSCAN's smallest cluster; ``None`` uses ``max(2, min(100, layers // 20))``.
         max_components: most PCA components kept.
@@ -225,13 +229,21 @@ def cluster_layers(
         std = feats.std(axis=1, keepdims=True)
         feats = (feats - feats.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
     embedding, kept_variance = reduce_features(feats, reduction, max_components, explained_variance, seed)
-    if method == "hdbscan":
+    params_extra: dict[str, Any] = {}
+    if method != "kmeans":
         size = min_cluster_size or max(2, min(100, len(kept) // 20))
         labels = _hdbscan(embedding, size)
-        params_extra: dict[str, Any] = {"min_cluster_size": size}
-    else:
+        params_extra = {"min_cluster_size": size}
+        found, noise = len(set(labels.tolist()) - {-1}), float(np.mean(labels == -1))
+        if method == "auto":
+            structure = found >= 2 and noise <= 0.5
+            params_extra["why"] = f"HDBSCAN found {found} clusters with {noise:.0%} noise"
+            method = "hdbscan" if structure else "kmeans"
+    if method == "kmeans":
         labels, k = _kmeans(embedding, n_clusters, seed)
-        params_extra = {"n_clusters": k, "k_chosen": "given" if n_clusters else "silhouette"}
+        params_extra |= {"n_clusters": k, "k_chosen": "given" if n_clusters else "silhouette"}
+        if "why" in params_extra:
+            params_extra["why"] += f", too little structure in {len(kept)} layers: k-means with k={k} by silhouette"
     labels = _order_by_depth(labels)
     names = [all_layers[i] for i in kept]
     next_id = int(labels.max(initial=-1)) + 1

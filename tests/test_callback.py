@@ -656,3 +656,26 @@ def test_a_checkpoint_written_before_the_callback_had_parts_resumes_exactly(tmp_
         for i, name in enumerate(TRACKED):
             assert rwc.history.values[i, column] == pytest.approx(reference[name], rel=1e-6)
     assert freezer.state_dict()["measurements"] == saved[freezer.state_key]["measurements"] + 2
+
+
+def test_a_run_that_ends_before_the_first_measurement_says_so_in_one_line():
+    live = LiveClustering()
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=100, parts=[*default_parts(), live])
+    trainer = Trainer(max_epochs=1, callbacks=[rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(make_tiny_module(), tiny_loader())
+    messages = [str(w.message) for w in caught]
+    assert (
+        "RelativeWeightChange took no measurement: training ended at step 8 (epoch 1), before the first one "
+        "(every_n_epochs=None, every_n_steps=100)." in " ".join(messages)
+    )
+    assert any(m.startswith("LiveClustering did not cluster in this run: 0 measurement(s)") for m in messages)
+    assert len(rwc.history) == 0
+
+
+def test_live_clustering_of_a_small_model_finds_clusters():
+    live = LiveClustering()
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=2, params="trainable", parts=[History(), live])
+    Trainer(max_epochs=3, callbacks=[rwc], logger=False, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
+    assert live.result is not None and live.result.n_clusters >= 1  # HDBSCAN finds no cluster in 6 layers: k-means
+    assert live.result.params["method"] in ("hdbscan", "kmeans") and "HDBSCAN found" in live.result.params["why"]

@@ -37,6 +37,38 @@ def test_planted_families_are_recovered(options):
     assert result.silhouette is not None and result.silhouette > 0.5
 
 
+def planted_layers(layers: int, seed: int) -> tuple[RWCHistory, dict[str, int]]:
+    """``layers`` layers dealt round-robin from the four planted families (no outliers)."""
+    names, family, values = planted_curves(per_family=(layers + 3) // 4, outliers=0, seed=seed)
+    dealt = sorted(range(len(names)), key=lambda i: (int(np.sum(family[:i] == family[i])), family[i]))[:layers]
+    kept = [names[i] for i in dealt]
+    history = RWCHistory.from_arrays(kept, range(values.shape[1]), values[dealt])
+    return history, dict(zip(kept, family[dealt], strict=True))
+
+
+@pytest.mark.parametrize("layers", [7, 20, 200, 2000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_recovers_planted_families_from_a_handful_of_layers_to_thousands(layers, seed):
+    history, family = planted_layers(layers, seed)
+    result = cluster_layers(history)
+    assert ari(result, family) >= 0.9
+    assert result.noise_fraction <= 0.5
+    assert result.params["why"].startswith("HDBSCAN found")  # the output says which method answered, and why
+
+
+def test_three_layers_get_an_answer_that_is_not_all_noise():
+    history, _ = planted_layers(3, seed=0)
+    result = cluster_layers(history)
+    assert result.n_clusters >= 1 and result.noise_fraction < 1
+    assert result.params["method"] == "kmeans" and "k-means with k=" in result.markdown()
+
+
+def test_hdbscan_alone_finds_no_cluster_in_seven_layers_which_is_why_the_default_falls_back():
+    history, _ = planted_layers(7, seed=0)
+    assert cluster_layers(history, method="hdbscan").noise_fraction == 1.0
+    assert cluster_layers(history).params["method"] == "kmeans"
+
+
 def test_shape_features_group_the_same_trend_at_different_scales():
     t = np.arange(1, 21, dtype=float)
     rng = np.random.default_rng(0)

@@ -20,22 +20,24 @@ class HealthCheck:
       ``patience`` measurements in a row: its weights did not change at all, which usually means the parameter is
       missing from the optimizer (or its learning rate is 0).
     - *runaway*: its RWC was above ``factor`` times the median RWC of the layers for ``patience`` measurements in a
-      row: a learning rate far too high for it, or an exploding layer. A classifier head often moves ten times more
-      than the median layer, so the default factor is 30.
+      row: a learning rate far too high for it, or an exploding layer. The last layer (a classifier head, which
+      routinely moves 5 to 50 times as much as the median layer when measured every step) must exceed
+      ``head_factor`` times the median instead.
 
     Example::
 
         >>> check = HealthCheck(patience=1)
-        >>> check.update({"a": 0.01, "b": 0.0, "c": 0.012, "d": 0.011, "e": 0.9, "_all": 0.02})
+        >>> check.update({"a": 0.01, "b": 0.0, "e": 0.9, "c": 0.012, "d": 0.011, "head": 0.5, "_all": 0.02})
         (['b'], ['e'])
-        >>> check.update({"a": 0.01, "b": 0.0, "c": 0.012, "d": 0.011, "e": 0.9, "_all": 0.02})  # already known
+        >>> check.update({"a": 0.01, "b": 0.0, "e": 0.9, "c": 0.012, "d": 0.011, "head": 0.5, "_all": 0.02})
         ([], [])
-        >>> check.dead, check.runaway
+        >>> check.dead, check.runaway  # the head, at 45x the median, is below head_factor
         ({'b'}, {'e'})
     """
 
     factor: float = 30.0
     patience: int = 2
+    head_factor: float = 300.0
     dead: set[str] = field(default_factory=set)
     """Layers flagged dead at the latest measurement."""
     runaway: set[str] = field(default_factory=set)
@@ -53,7 +55,7 @@ class HealthCheck:
         finite = np.isfinite(rwc)
         median = float(np.median(rwc[finite])) if finite.any() else math.nan
         still = finite & (rwc == 0) if values.get(ALL_KEY, 0.0) > 0 else np.zeros_like(finite)
-        ahead = finite & (rwc > self.factor * median) if median > 0 else np.zeros_like(finite)
+        ahead = finite & (rwc > runaway_limits(len(rwc), self.factor, self.head_factor) * median) & (median > 0)
         # counters only for the layers that meet a condition now: the others start again from zero
         self._still = {names[i]: self._still.get(names[i], 0) + 1 for i in np.flatnonzero(still)}
         self._ahead = {names[i]: self._ahead.get(names[i], 0) + 1 for i in np.flatnonzero(ahead)}
@@ -65,8 +67,21 @@ class HealthCheck:
         return newly
 
 
+def runaway_limits(layers: int, factor: float, head_factor: float) -> np.ndarray:
+    """How many times the median RWC each of ``layers`` layers (in model order) may move: the last one more.
+
+    Example::
+
+        >>> runaway_limits(3, 30.0, 300.0).tolist()
+        [30.0, 30.0, 300.0]
+    """
+    limits = np.full(layers, factor)
+    limits[-1:] = head_factor
+    return limits
+
+
 def first_flags(
-    values: np.ndarray, total: np.ndarray, factor: float = 30.0, patience: int = 2
+    values: np.ndarray, total: np.ndarray, factor: float = 30.0, patience: int = 2, head_factor: float = 300.0
 ) -> dict[str, np.ndarray]:
     """For a ``(layers, measurements)`` table, where :class:`HealthCheck` first flags each layer, or ``-1``.
 
@@ -75,9 +90,9 @@ def first_flags(
 
     Example::
 
-        >>> values = np.array([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [0.1, 9.0, 9.0]])
+        >>> values = np.array([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [0.1, 9.0, 9.0], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1]])
         >>> {kind: first.tolist() for kind, first in first_flags(values, np.full(3, 0.1), patience=2).items()}
-        {'dead': [-1, 1, -1, -1, -1], 'runaway': [-1, -1, -1, -1, 2]}
+        {'dead': [-1, 1, -1, -1, -1], 'runaway': [-1, -1, 2, -1, -1]}
     """
     finite = np.isfinite(values)
     with warnings.catch_warnings():
@@ -86,7 +101,9 @@ def first_flags(
     moving = ~(np.asarray(total) <= 0)  # nan counts as moving, as an absent "_all" does
     conditions = {
         "dead": finite & (values == 0) & moving,
-        "runaway": finite & (median > 0) & (values > factor * np.where(median > 0, median, np.inf)),
+        "runaway": finite
+        & (median > 0)
+        & (values > runaway_limits(len(values), factor, head_factor)[:, None] * np.where(median > 0, median, np.inf)),
     }
     out = {}
     for kind, condition in conditions.items():

@@ -9,6 +9,7 @@ module                 its job
 ``measurement``        :class:`Measurement`: one measurement on its way to the host, the single transfer
 ``groups``             one backend per device and dtype of the tracked weights
 ``select``             which tensors: filters, their validation, names without wrapper attributes
+``adapters``           LoRA layers (PEFT) as one row each: the change of their effective weight, from the factors
 ``sharding``           sharded parameters (``DTensor``): local shards, replicas, the one all-reduce, rank agreement
 ``watch``              noticing cheaply that the model's parameters may have changed
 ``backends``           how a group of tensors is measured: CPU batches, multi-tensor kernels, the Triton kernel,

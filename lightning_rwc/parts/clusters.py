@@ -23,6 +23,8 @@ class LiveClustering(Part):
     Logs ``{log_prefix}_cluster/{id}/{mean,lower,upper}``: the latest value of each live cluster's mean and
     quartiles (see :func:`~lightning_rwc.clustering.cluster_layers`). Ids stay stable from one clustering to the
     next. It reads ``callback.history``, so the callback needs a :class:`~lightning_rwc.parts.History` part.
+    When it cannot cluster (fewer than two measurements or three layers, or no history), it says why: once when
+    the reason appears, and at the end of training if it never clustered.
 
     Args:
         every_n_epochs: cluster at the end of every n-th epoch (once two measurements are known).
@@ -38,17 +40,31 @@ class LiveClustering(Part):
         self.every_n_epochs = every_n_epochs
         self.result: ClusterResult | None = None
         """The latest clustering."""
+        self._rwc: RelativeWeightChange | None = None
+        self._why_not = "no epoch ended"
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rwc: RelativeWeightChange) -> None:
+        self._rwc = rwc
 
     @override
     def epoch_end(self, trainer: pl.Trainer, rwc: RelativeWeightChange) -> None:
         from lightning_rwc.clustering import cluster_layers
 
         history = rwc.history
-        if (trainer.current_epoch + 1) % self.every_n_epochs or history is None or len(history) < 2:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if history is None:
+            self._why_not = "the callback keeps no history: add a History part"
+            rwc.warn("cluster-history", f"LiveClustering cannot cluster: {self._why_not}.")
+            return
+        if len(history) < 2:
+            self._why_not = f"{len(history)} measurement(s) so far, and clustering needs 2"
             return
         try:
             result = cluster_layers(history, previous=self.result)
         except ValueError as err:
+            self._why_not = str(err)
             rwc.warn("cluster", f"Live clustering skipped: {err}")
             return
         self.result = result
@@ -57,3 +73,8 @@ class LiveClustering(Part):
             for key, curve in (("mean", summary.mean), ("lower", summary.lower), ("upper", summary.upper)):
                 metrics[f"{head}/{summary.cluster_id}/{key}"] = float(curve[-1])
         rwc.log_scalars(trainer, metrics, trainer.global_step, metrics)
+
+    @override
+    def close(self, trainer: pl.Trainer) -> None:
+        if self.result is None and self._rwc is not None:
+            self._rwc.warn("cluster-never", f"LiveClustering did not cluster in this run: {self._why_not}.")

@@ -28,6 +28,7 @@ class HealthFlags(Part):
     Args:
         factor: how many times the median RWC makes a layer a runaway.
         patience: measurements in a row a layer must meet a condition to be flagged.
+        head_factor: the same for the last layer (a classifier head), which moves more as a matter of course.
 
     Example::
 
@@ -35,8 +36,8 @@ class HealthFlags(Part):
         30.0
     """
 
-    def __init__(self, factor: float = 30.0, patience: int = 2) -> None:
-        self.check = HealthCheck(factor=factor, patience=patience)
+    def __init__(self, factor: float = 30.0, patience: int = 2, head_factor: float = 300.0) -> None:
+        self.check = HealthCheck(factor=factor, patience=patience, head_factor=head_factor)
         self._warn = WarnOnce(rank_zero_warn)
         self._head = health_prefix()
 

@@ -21,7 +21,7 @@ def test_nothing_is_dead_when_nothing_moves():
 
 def test_a_layer_far_above_the_median_runs_away_and_recovers():
     check = HealthCheck(factor=30, patience=2)
-    fast = {"a": 0.01, "b": 0.012, "c": 0.011, "d": 0.5, "_all": 0.02}  # 0.5 is over 30x the median 0.0115
+    fast = {"a": 0.01, "d": 0.5, "b": 0.012, "c": 0.011, "_all": 0.02}  # 0.5 is over 30x the median 0.0115
     assert check.update(fast) == ([], [])
     assert check.update(fast) == ([], ["d"])
     assert check.update({**fast, "d": 0.02}) == ([], []) and check.runaway == set()
@@ -30,6 +30,12 @@ def test_a_layer_far_above_the_median_runs_away_and_recovers():
 def test_a_head_ten_times_the_median_is_not_flagged_by_default():
     check = HealthCheck(patience=1)
     assert check.update({"a": 0.01, "b": 0.01, "c": 0.01, "fc": 0.13, "_all": 0.02}) == ([], [])
+
+
+def test_the_last_layer_runs_away_only_beyond_head_factor():
+    check = HealthCheck(patience=1)
+    assert check.update({"a": 0.01, "b": 0.01, "c": 0.01, "fc": 0.5, "_all": 0.02}) == ([], [])  # 50x: a head
+    assert check.update({"a": 0.01, "b": 0.01, "c": 0.01, "fc": 3.5, "_all": 0.02}) == ([], ["fc"])  # 350x
 
 
 def test_first_flags_of_a_whole_table_agree_with_the_check_measurement_by_measurement():
