@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench screenshots clean
+.PHONY: demo test docs bench screenshots clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(MAKE) docs
 	$(BIN)/python -m pytest -q
+
+docs: $(STAMP)
+	$(BIN)/python docs/examples.py
+	$(BIN)/sphinx-build -q -W --keep-going -n -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
@@ -27,4 +32,4 @@ screenshots: $(STAMP)
 	$(BIN)/python docs/screenshots.py
 
 clean:
-	rm -rf $(VENV) demo_logs
+	rm -rf $(VENV) demo_logs docs/_build docs/_generated

@@ -148,14 +148,14 @@ class ClusterResult:
         ]
         for s in self.summaries:
             lines.append(
-                f"- cluster {s.cluster_id}: {len(s.members)} layers, depth {s.depth_range[0]}-{s.depth_range[1]}: "
+                f"- cluster {s.cluster_id}: {_layers(len(s.members))}, depth {_span(*s.depth_range)}: "
                 + ", ".join(s.members)
             )
         noise = [layer for layer in self.layers if self.labels[layer] == -1]
         if noise:
-            lines.append(f"- noise: {len(noise)} layers: " + ", ".join(noise))
+            lines.append(f"- noise: {_layers(len(noise))}: " + ", ".join(noise))
         if self.excluded:
-            lines.append(f"- excluded: {len(self.excluded)} layers: " + ", ".join(self.excluded))
+            lines.append(f"- excluded: {_layers(len(self.excluded))}: " + ", ".join(self.excluded))
         return "\n".join(lines)
 
 
@@ -516,6 +516,16 @@ def _order_by_depth(labels: np.ndarray) -> np.ndarray:
         if label != -1 and label not in order:
             order[label] = len(order)
     return np.array([order.get(label, -1) for label in labels.tolist()], dtype=int)
+
+
+def _span(first: int, last: int) -> str:
+    """``"3-7"``, or ``"3"`` for one depth."""
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def _layers(count: int) -> str:
+    """``"1 layer"``, ``"2 layers"``."""
+    return f"{count} layer" if count == 1 else f"{count} layers"
 
 
 def _json_list(curve: np.ndarray) -> list[float | None]:

@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -281,6 +282,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         enable_checkpointing=False,
         deterministic=True,
         enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),  # a progress bar in a log file is noise
     )
     start = time.perf_counter()
     trainer.fit(module, train, test)

@@ -198,8 +198,9 @@ def history_from_series(series: Series, prefix: str, source: Path | str) -> RWCH
     if not tags:
         prefixes = sorted({tag.split("/", 1)[0] for tag in series.columns if "/" in tag})
         raise ValueError(
-            f"{source} has no '{head}' values. Tags with a prefix found there: {prefixes or 'none'}. "
-            f"Was the run trained with RelativeWeightChange (log_prefix={prefix!r})? Otherwise pass --prefix."
+            f"{source} has no '{head}' values (tags with a prefix found there: {prefixes or 'none'}): the run took "
+            f"no measurement (it ended before the first one, or had no RelativeWeightChange), or logged them under "
+            f"another prefix (pass --prefix)."
         )
     steps = series.steps(tags)
     layer_tags = [tag for tag in tags if tag != head + ALL_KEY]

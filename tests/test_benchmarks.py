@@ -59,3 +59,9 @@ def test_adapters_benchmark_smoke_run_writes_its_table(tmp_path):
     report = smoke_report("adapters", tmp_path)
     assert "| l1 | 8 |" in report and "| l2 | 8 |" in report  # 2 blocks x (c_attn, attn c_proj, c_fc, mlp c_proj)
     assert "materialised (ms)" in report
+
+
+@pytest.mark.slow
+def test_intervals_benchmark_smoke_run_writes_its_table(tmp_path):
+    report = smoke_report("intervals", tmp_path)
+    assert "| SGD, lr 0.02, momentum 0.9 (the demo's) | 2 |" in report and "later / one step" in report

@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -679,3 +680,18 @@ def test_live_clustering_of_a_small_model_finds_clusters():
     Trainer(max_epochs=3, callbacks=[rwc], logger=False, **fit_kwargs()).fit(make_tiny_module(), tiny_loader())
     assert live.result is not None and live.result.n_clusters >= 1  # HDBSCAN finds no cluster in 6 layers: k-means
     assert live.result.params["method"] in ("hdbscan", "kmeans") and "HDBSCAN found" in live.result.params["why"]
+
+
+def test_a_lora_fine_tuning_gives_one_finite_row_per_adapted_layer_without_a_nan_warning():
+    pytest.importorskip("peft")
+    from conftest import make_lora_module, token_loader
+
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(max_epochs=2, callbacks=[rwc], logger=False, **fit_kwargs()).fit(make_lora_module(), token_loader())
+    layers = [f"model.transformer.h.{i}.{name}.weight" for i in range(4) for name in ("attn.c_attn", "attn.c_proj")]
+    layers += [f"model.transformer.h.{i}.mlp.c_proj.weight" for i in range(4)]
+    assert sorted(rwc.history.layers) == sorted(layers)  # no lora_A / lora_B, no wrapper segments
+    assert np.isfinite(rwc.history.values).all() and (rwc.history.values > 0).all()
+    assert not [str(w.message) for w in caught if "nan" in str(w.message)]
