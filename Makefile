@@ -22,7 +22,7 @@ test: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python docs/examples.py
-	$(BIN)/sphinx-build -q -W --keep-going -n -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -q -W --keep-going -n -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

@@ -133,7 +133,7 @@ class FreezePolicy:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; blocks that are not among :attr:`blocks` are left out."""
+        """Continue from :meth:`state_dict`; blocks that are not among the policy's ``blocks`` are left out."""
         known = set(self.blocks)
         self.measurements = int(state.get("measurements", 0))
         self.peaks = {b: float(v) for b, v in state.get("peaks", {}).items() if b in known}

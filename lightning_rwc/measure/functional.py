@@ -33,6 +33,7 @@ from lightning_rwc.validate import check_choice, choices
 
 Norm = Literal["l1", "l2", "elementwise"]
 NORMS = choices(Norm)
+"""The norms a tracker measures in: ``("l1", "l2", "elementwise")``."""
 
 EXPONENTS: dict[str, int] = {"l1": 1, "l2": 2}
 """The norms that are p-norms: their terms are ``|x| ** p`` and their value is the p-th root of the ratio."""

@@ -1,4 +1,4 @@
-"""The tracker's lifecycle: which parameters it follows, their baselines, one measurement per :meth:`step`, its state.
+"""The tracker's lifecycle: which parameters it follows, their baselines, one measurement per step, its state.
 
 Plain PyTorch, no Lightning. The measuring itself is done by the backends of :mod:`lightning_rwc.measure.backends`
 (one per device and dtype of the tracked weights), the formula lives in :mod:`lightning_rwc.measure.functional`,

@@ -1,16 +1,16 @@
 """The parts of :class:`~lightning_rwc.RelativeWeightChange`: what is done with each measurement, one concern each.
 
-=====================  ======================================================================================
-part                   its job
-=====================  ======================================================================================
-:class:`History`       keeps the measurements in memory (bounded) for ``callback.history`` and checkpoints
-:class:`HealthFlags`   flags dead and runaway layers: one warning each, counts in the logs
-:class:`Loggers`       every measurement to every logger (TensorBoard in one event, with its layout), flushes
-:class:`Histogram`     the histogram of the layers' values in TensorBoard
-:class:`Heatmap`       the layers x measurements image in TensorBoard
-:class:`LiveClustering`  the layers clustered during training, cluster summaries logged
-:class:`ValuesFile`    every measurement in a compact binary file beside the logs
-=====================  ======================================================================================
+=========================  ======================================================================================
+part                       its job
+=========================  ======================================================================================
+:class:`History`           keeps the measurements in memory (bounded) for ``callback.history`` and checkpoints
+:class:`HealthFlags`       flags dead and runaway layers: one warning each, counts in the logs
+:class:`Loggers`           every measurement to every logger (TensorBoard in one event, with its layout), flushes
+:class:`Histogram`         the histogram of the layers' values in TensorBoard
+:class:`Heatmap`           the layers x measurements image in TensorBoard
+:class:`LiveClustering`    the layers clustered during training, cluster summaries logged
+:class:`ValuesFile`        every measurement in a compact binary file beside the logs
+=========================  ======================================================================================
 
 :class:`~lightning_rwc.LayerFreezer` is a part too: added to the Trainer's callbacks, it attaches itself. Write
 your own by subclassing :class:`Part`.

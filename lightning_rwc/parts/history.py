@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class History(Part):
-    """Keep the measurements in :attr:`history` (``callback.history``), at most ``capacity`` evenly spread.
+    """Keep the measurements in ``callback.history``, at most ``capacity`` evenly spread.
 
     The checkpoint stores it, so a resumed run continues its curves; the heatmap and live clustering read it. The
     loggers receive every measurement whatever the capacity.

@@ -71,38 +71,43 @@ def test_an_adapted_layer_is_one_row_whose_value_is_the_change_of_its_effective_
             assert values[row(name) if name != "_all" else name] == pytest.approx(value, rel=1e-9), name
 
 
-def test_merging_between_measurements_leaves_the_value_as_the_forward_sees_it():
-    model = adapted()
-    tracker = WeightChangeTracker(model, norm="l2")
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_merging_between_measurements_leaves_the_value_as_the_forward_sees_it(kind, norm):
+    model = adapted(kind)
+    tracker = WeightChangeTracker(model, norm=norm)
     before = effective_weights(model)
     move(model, 1)
     model.merge_adapter()  # the stored weight now holds the adapters; the forward no longer adds them
     values = tracker.step()
-    expected = reference_rwc(before, effective_weights(model), "l2")
+    expected = reference_rwc(before, effective_weights(model), norm)
     assert values["up.weight"] == pytest.approx(expected["base_model.model.up"], rel=1e-9)
     assert tracker.step()["up.weight"] == pytest.approx(0.0, abs=1e-12)  # merged and unchanged
     model.unmerge_adapter()
     assert tracker.step()["up.weight"] == pytest.approx(0.0, abs=1e-7)  # unmerging does not change the weight
 
 
-def test_two_adapters_each_get_a_row_of_their_own_change_against_the_whole_effective_weight():
-    model = adapted()
-    model.add_adapter("second", peft.LoraConfig(r=3, target_modules=["up"], init_lora_weights=False))
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_two_adapters_each_get_a_row_of_their_own_change_against_the_whole_effective_weight(kind, norm):
+    model = adapted(kind)
+    second = peft.LoraConfig(r=3, target_modules=["up"], init_lora_weights=False, fan_in_fan_out=kind == "conv1d")
+    model.add_adapter("second", second)
     model.base_model.set_adapter(["default", "second"])
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
     model.double()
-    tracker = WeightChangeTracker(model, norm="l1")
+    tracker = WeightChangeTracker(model, norm=norm)
     assert tracker.names == ["up.default.weight", "up.second.weight", "down.default.weight"]
     layer = model.base_model.model.up
     before = effective_weights(model)["base_model.model.up"]
     deltas = {a: layer.scaling[a] * adapter_delta(layer, a) for a in ("default", "second")}
     move(model, 1)
     values = tracker.step()
-    for adapter in ("default", "second"):
+    for adapter in ("default", "second"):  # this adapter's change, against the whole effective weight before
         change = layer.scaling[adapter] * adapter_delta(layer, adapter) - deltas[adapter]
-        expected = change.abs().sum() / before.abs().sum()
-        assert values[f"up.{adapter}.weight"] == pytest.approx(expected.item(), rel=1e-9)
+        expected = reference_rwc({"up": before}, {"up": before + change}, norm)["up"]
+        assert values[f"up.{adapter}.weight"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_a_zero_starting_factor_gives_finite_values_from_the_first_measurement_without_a_warning():

@@ -107,7 +107,7 @@ class FusedKernel(Backend):
     Args:
         weights: the weights (dense in memory).
         baselines: see :class:`~lightning_rwc.measure.backends.base.Backend`.
-        norm: one of :data:`NORM_CODES`.
+        norm: one of :data:`~lightning_rwc.measure.backends.fused.NORM_CODES`.
         warn: gives the warning when the launches cannot be recorded into a CUDA graph.
     """
 
