@@ -124,6 +124,9 @@ def value(tracked: Tracked) -> Tensor:
 
 def data_pointers(params: list[Tracked], sharded: bool) -> list[int]:
     """Where each tracked tensor's memory starts (its local shard's; an adapter row's ``A``)."""
-    if sharded or any(isinstance(p, AdapterRow) for p in params):
-        return [local(p.raw()[0] if isinstance(p, AdapterRow) else p).data_ptr() for p in params]
-    return list(map(Tensor.data_ptr, params))
+    if not sharded:
+        try:
+            return list(map(Tensor.data_ptr, params))  # every measurement: no Python loop while all are tensors
+        except TypeError:  # adapter rows among them
+            pass
+    return [local(p.raw()[0] if isinstance(p, AdapterRow) else p).data_ptr() for p in params]

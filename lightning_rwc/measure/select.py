@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from torch import nn
 
 from lightning_rwc.validate import choices
-
-if TYPE_CHECKING:
-    from lightning_rwc.measure.adapters import AdapterRow
 
 ParamSelection = Literal["weights", "trainable"]
 PARAM_SELECTIONS = choices(ParamSelection)
@@ -108,13 +105,19 @@ def parallel_wrappers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, wrappers)]
 
 
+class Row(Protocol):
+    """What stands for several parameters under one name (an adapter row of :mod:`lightning_rwc.measure.adapters`)."""
+
+    name: str
+
+
 def select_parameters(
     model: nn.Module,
     params: ParamSelection = "weights",
     include: Sequence[re.Pattern[str]] = (),
     exclude: Sequence[re.Pattern[str]] = (),
-    rows: Mapping[int, AdapterRow] | None = None,
-) -> list[tuple[str, nn.Parameter | AdapterRow]]:
+    rows: Mapping[int, Row] | None = None,
+) -> list[tuple[str, nn.Parameter | Row]]:
     """The ``(name, parameter)`` pairs that a tracker with these filters follows, each shared parameter once.
 
     Only parameters with ``requires_grad`` are followed; ``params="weights"`` keeps those with more than one
@@ -132,7 +135,7 @@ def select_parameters(
         >>> [name for name, _ in select_parameters(nn.DataParallel(model))]
         ['0.weight']
     """
-    selected: dict[str, nn.Parameter | AdapterRow] = {}
+    selected: dict[str, nn.Parameter | Row] = {}
     kernels_only, rows = params == "weights", rows or {}
     for name, raw, param in named_parameters(model):
         row = rows.get(id(param))
