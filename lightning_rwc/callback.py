@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_rwc.history import RWCHistory
 from lightning_rwc.keys import ALL_KEY, DEFAULT_PREFIX, monitored_keys
-from lightning_rwc.measure import Measurement, MeasureSettings, Norm, ParamSelection, WeightChangeTracker
+from lightning_rwc.measure import Measurement, MeasureSettings, Norm, ParamSelection, Source, WeightChangeTracker
 from lightning_rwc.measure.adapters import AdapterMode
 from lightning_rwc.measure.backends import Kernel
 from lightning_rwc.measure.measurement import Pending
@@ -26,8 +26,6 @@ from lightning_rwc.schedule import Schedule
 from lightning_rwc.validate import check_prefix
 from lightning_rwc.warn_once import WarnOnce
 
-Scalars = dict[str, float]
-
 UNSUPPORTED = (
     "RelativeWeightChange does not support {}: its flattened parameter shards hide the layers' shapes. Use "
     "strategy='ddp', or ModelParallelStrategy() with torch.distributed.fsdp.fully_shard in configure_model (FSDP2), "
@@ -37,27 +35,26 @@ NO_STATE = (
     "The checkpoint holds no RelativeWeightChange state (an older checkpoint, or other settings): curves restart."
 )
 NO_MEASUREMENT = (
-    "RelativeWeightChange took no measurement: training ended at step {} (epoch {}), before the first one "
-    "(every_n_epochs={}, every_n_steps={}). Train longer, or measure more often (every_n_steps)."
+    "RelativeWeightChange took no measurement: training ended at step {} (epoch {}), before the first one ({}). "
+    "Train longer, or measure more often (every_n_steps)."
 )
+Scalars = dict[str, float]
 STATE_VERSION = 3  # 3: parts' states under "parts"; 2: the history at the top, as tensors; 1: as lists
 
 
 class RelativeWeightChange(Callback):
     r"""Measure the relative weight change (RWC) of every layer during training and hand it to the parts.
 
-    Each tracked layer's ``||W(t) - W(t-1)|| / ||W(t-1)||`` is computed where its weights live (see
-    :class:`~lightning_rwc.WeightChangeTracker`) on the schedule, and handed, in the order taken and with its step,
-    to every part (:mod:`lightning_rwc.parts`); on CUDA the host never waits for it. The default parts
-    (:func:`~lightning_rwc.parts.default_parts`) keep :attr:`history`, flag dead and runaway layers, log through
+    Each tracked layer's ``||W(t) - W(t-1)|| / ||W(t-1)||`` is computed where its weights live
+    (:class:`~lightning_rwc.WeightChangeTracker`) on the schedule and handed, in order, to every part
+    (:mod:`lightning_rwc.parts`). The default parts keep :attr:`history`, flag dead and runaway layers, log through
     every logger and draw a histogram; ``parts`` adds others or leaves some out.
 
     Logged metrics (default parts), at ``step=trainer.global_step``: ``{log_prefix}/{parameter name}`` (one
-    parameter's RWC), ``{log_prefix}/_all`` (all tracked weights as one vector),
-    ``{log_prefix}_health/dead_layers``, ``{log_prefix}_health/runaway_layers`` and ``epoch`` (as Lightning logs
-    it). All but ``epoch`` go to ``trainer.callback_metrics`` too (per-layer keys where a callback or scheduler
-    monitors them), so that ``EarlyStopping(monitor="rwc/_all")`` can use them. Under DDP rank zero measures alone;
-    under FSDP2 (``fully_shard``) every rank reduces its own shard and one all-reduce per measurement combines them.
+    parameter's RWC), ``{log_prefix}/_all`` (all tracked weights as one vector), ``{log_prefix}_health/dead_layers``,
+    ``{log_prefix}_health/runaway_layers`` and ``epoch``. All but ``epoch`` go to ``trainer.callback_metrics`` too
+    (per-layer keys where monitored), so that ``EarlyStopping(monitor="rwc/_all")`` can use them. Under DDP rank
+    zero measures; under FSDP2 (``fully_shard``) each rank reduces its shards, combined by one all-reduce.
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
@@ -69,6 +66,8 @@ class RelativeWeightChange(Callback):
         snapshot_device: ``None`` keeps the snapshot beside the weights; ``"cpu"`` keeps it in host memory.
         kernel: how CUDA weights are measured: ``"auto"``, ``"foreach"`` or ``"triton"`` (see the tracker).
         adapters: ``"effective"`` (a LoRA layer as one row: its effective weight) or ``"factors"`` (raw factors).
+        source: ``"snapshot"`` (a copy of the weights) or ``"optimizer"`` (each step's update, no copy: needs
+            ``every_n_steps=1``; see :mod:`lightning_rwc.measure.source`).
         log_prefix: prefix of the logged keys.
         parts: what is done with each measurement; ``None`` for :func:`~lightning_rwc.parts.default_parts`.
 
@@ -93,13 +92,13 @@ class RelativeWeightChange(Callback):
         snapshot_device: str | None = None,
         kernel: Kernel = "auto",
         adapters: AdapterMode = "effective",
+        source: Source = "snapshot",
         log_prefix: str = DEFAULT_PREFIX,
         parts: Sequence[Part] | None = None,
     ) -> None:
-        self.schedule = Schedule(every_n_epochs, every_n_steps)
-        check_prefix(log_prefix)
-        self.log_prefix = log_prefix
-        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters)
+        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters, source)
+        self.schedule = Schedule(every_n_epochs, every_n_steps, source)
+        self.log_prefix = check_prefix(log_prefix)
         self.parts: list[Part] = default_parts() if parts is None else check_parts(parts)
         self._tracker: WeightChangeTracker | None = None
         self._last_step = self._current_step = -1
@@ -120,10 +119,9 @@ class RelativeWeightChange(Callback):
     @property
     @override
     def state_key(self) -> str:
-        settings = {"every_n_epochs": self.schedule.every_n_epochs, "every_n_steps": self.schedule.every_n_steps}
-        settings |= {"norm": self.settings.norm, "params": self.settings.params}
-        settings |= {"include": self.settings.include, "exclude": self.settings.exclude, "log_prefix": self.log_prefix}
-        return f"{type(self).__qualname__}{settings}"
+        schedule = {key: getattr(self.schedule, key) for key in ("every_n_epochs", "every_n_steps")}
+        measure = {key: getattr(self.settings, key) for key in ("norm", "params", "include", "exclude")}
+        return f"{type(self).__qualname__}{schedule | measure | {'log_prefix': self.log_prefix}}"
 
     def attach(self, part: Part) -> None:
         """Add ``part`` before training starts (as :class:`~lightning_rwc.LayerFreezer` does with itself)."""
@@ -148,17 +146,12 @@ class RelativeWeightChange(Callback):
         monitors = [getattr(callback, "monitor", None) for callback in trainer.callbacks]
         monitored = monitored_keys([*monitors, *(c.monitor for c in trainer.lr_scheduler_configs)], self.log_prefix)
         self._monitors = {f"{self.log_prefix}/{ALL_KEY}", *monitored}
-        every_rank = any(part.every_rank for part in self.parts)
-        self._share = trainer.world_size > 1 and not sharded and bool(monitored or every_rank)
+        self._share = trainer.world_size > 1 and not sharded and any([monitored, *(p.every_rank for p in self.parts)])
         for part in self.parts:
             part.start(trainer, pl_module, self)
         if self._tracker is None and (trainer.is_global_zero or sharded):
-            self._tracker = WeightChangeTracker.from_settings(pl_module, self.settings, warn=rank_zero_warn)
-            try:
-                self._tracker.load_state_dict(self._pending_snapshot or {})
-            except ValueError as err:  # a checkpoint of another model: its baseline does not fit this one
-                self._tracker.reset()
-                self.warn("snapshot", f"The checkpoint's baseline does not fit this model ({err}): curves restart.")
+            make = WeightChangeTracker.from_settings  # continues from the checkpoint's baseline where it fits
+            self._tracker = make(pl_module, self.settings, trainer.optimizers, rank_zero_warn, self._pending_snapshot)
         self._pending_snapshot = None
 
     @override
@@ -186,7 +179,7 @@ class RelativeWeightChange(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
-        self._tracker = None
+        self._tracker = None  # with source="optimizer", its hooks leave the optimizers with it
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -244,9 +237,7 @@ class RelativeWeightChange(Callback):
     def _finish(self, trainer: pl.Trainer) -> None:
         self._hand_over(trainer, wait=True)
         if not self._measured:
-            schedule = self.schedule
-            when = (trainer.global_step, trainer.current_epoch, schedule.every_n_epochs, schedule.every_n_steps)
-            self.warn("none", NO_MEASUREMENT.format(*when))
+            self.warn("none", NO_MEASUREMENT.format(trainer.global_step, trainer.current_epoch, self.schedule))
         for part in self.parts:
             part.flush(trainer, force=True)
         for part in self.parts:

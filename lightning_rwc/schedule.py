@@ -11,10 +11,12 @@ from lightning_rwc.validate import check_count
 class Schedule:
     """Measure after every ``every_n_steps``-th optimizer step and/or at the end of every ``every_n_epochs``-th epoch.
 
-    A step is measured once even when both fall on it.
+    A step is measured once even when both fall on it. With ``source="optimizer"`` (each measurement is one
+    optimizer step's update) every step is measured: ``every_n_steps`` must be 1.
 
     Raises:
-        ValueError: if a setting is not a whole number >= 1 or ``None``, or both are ``None``.
+        ValueError: if a setting is not a whole number >= 1 or ``None``, or both are ``None``, or ``source`` is
+            ``"optimizer"`` and ``every_n_steps`` is not 1.
 
     Example::
 
@@ -27,12 +29,22 @@ class Schedule:
 
     every_n_epochs: int | None = 1
     every_n_steps: int | None = None
+    source: str = "snapshot"
 
     def __post_init__(self) -> None:
         check_count("every_n_epochs", self.every_n_epochs, optional=True)
         check_count("every_n_steps", self.every_n_steps, optional=True)
         if self.every_n_epochs is None and self.every_n_steps is None:
             raise ValueError("Set every_n_epochs or every_n_steps (or both): with both None nothing is measured")
+        if self.source == "optimizer" and self.every_n_steps != 1:
+            raise ValueError(
+                f"source='optimizer' measures the update of each optimizer step, so every_n_steps must be 1 (got "
+                f"{self.every_n_steps}): a change over several steps needs the old weights. Use source='snapshot' "
+                "to measure less often."
+            )
+
+    def __str__(self) -> str:
+        return f"every_n_epochs={self.every_n_epochs}, every_n_steps={self.every_n_steps}"
 
     def after_step(self, step: int, last: int) -> bool:
         """Whether to measure after optimizer step ``step`` (the global step), ``last`` being the last measured."""

@@ -100,8 +100,8 @@ def check_switch(name: str, value: object) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
-def check_prefix(value: object, name: str = "log_prefix") -> None:
-    """A non-empty string without ``/``: the first part of a logged key.
+def check_prefix(value: object, name: str = "log_prefix") -> str:
+    """A non-empty string without ``/``: the first part of a logged key (returned when it is one).
 
     Example::
 
@@ -112,6 +112,7 @@ def check_prefix(value: object, name: str = "log_prefix") -> None:
     """
     if not isinstance(value, str) or not value or "/" in value:
         raise ValueError(f"{name} must be a non-empty string without '/', got {value!r}")
+    return value
 
 
 def _number(value: object) -> float | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fit_kwargs, make_tiny_module, reference_rwc, tiny_loader, weights
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -30,12 +30,13 @@ class WeightRecorder(Callback):
 
     def __init__(self):
         self.by_step = {}
+        self.names = TRACKED
 
     def on_train_start(self, trainer, pl_module):
-        self.by_step[0] = weights(pl_module, TRACKED)
+        self.by_step[0] = weights(pl_module, self.names)
 
     def on_train_batch_end(self, trainer, pl_module, *args):
-        self.by_step[trainer.global_step] = weights(pl_module, TRACKED)
+        self.by_step[trainer.global_step] = weights(pl_module, self.names)
 
 
 def expected_curves(recorder: WeightRecorder, steps: list[int], norm: str = "l1") -> dict[int, dict[str, float]]:
@@ -66,6 +67,9 @@ def read_scalars(log_dir: str) -> dict[str, dict[int, float]]:
         ({"snapshot_device": "cuda:3"}, "snapshot_device must be None"),
         ({"parts": [object()]}, "parts must be Part instances"),
         ({"kernel": "cuda"}, "kernel must be one of"),
+        ({"source": "grads"}, "source must be one of"),
+        ({"source": "optimizer", "every_n_steps": 2}, "every_n_steps must be 1 \\(got 2\\)"),
+        ({"source": "optimizer"}, "every_n_steps must be 1 \\(got None\\)"),
     ],
 )
 def test_invalid_arguments_are_rejected_in_init(kwargs, message):
@@ -117,6 +121,53 @@ def test_every_n_steps_counts_optimizer_steps_under_gradient_accumulation(tmp_pa
     expected = expected_curves(recorder, [3, 6, 9, 12])
     for j, step in enumerate(rwc.history.steps):
         assert rwc.history.total[j] == pytest.approx(expected[step]["_all"], rel=1e-5)
+
+
+def test_source_optimizer_measures_each_optimizer_step_under_gradient_accumulation(tmp_path):
+    recorder = WeightRecorder()
+    rwc = RelativeWeightChange(every_n_steps=1, source="optimizer")
+    trainer = Trainer(max_epochs=2, accumulate_grad_batches=3, callbacks=[recorder, rwc], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match="found no logger"):
+        trainer.fit(make_tiny_module(), tiny_loader(n=96, batch_size=8))  # 12 batches -> 4 optimizer steps per epoch
+    assert rwc.history.steps == list(range(1, 9))
+    expected = expected_curves(recorder, rwc.history.steps)
+    for j, step in enumerate(rwc.history.steps):
+        for i, name in enumerate(rwc.history.layers):
+            assert rwc.history.values[i][j] == pytest.approx(expected[step][name], rel=1e-5), (name, step)
+
+
+class TwoOptimizers(LightningModule):
+    """Manual optimization with two optimizers, as a GAN steps them: the global step grows by 2 per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.first, self.second = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+    def training_step(self, batch, batch_idx):
+        first, second = self.optimizers()
+        for optimizer in (first, second):
+            optimizer.zero_grad()
+            self.manual_backward(self.second(torch.tanh(self.first(batch[0]))).pow(2).mean())
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.first.parameters(), lr=0.01), torch.optim.SGD(self.second.parameters(), lr=0.1)
+
+
+def test_source_optimizer_with_two_optimizers_measures_each_tensor_through_its_own(tmp_path):
+    recorder = WeightRecorder()
+    recorder.names = ["first.weight", "second.weight"]
+    rwc = RelativeWeightChange(every_n_steps=1, source="optimizer")
+    trainer = Trainer(max_epochs=1, callbacks=[recorder, rwc], logger=False, **fit_kwargs())
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(24, 4)), batch_size=8)
+    with pytest.warns(UserWarning, match="found no logger"):
+        trainer.fit(TwoOptimizers(), data)
+    assert rwc.history.steps == [2, 4, 6]
+    expected = expected_curves(recorder, rwc.history.steps)
+    for j, step in enumerate(rwc.history.steps):
+        for i, name in enumerate(rwc.history.layers):
+            assert rwc.history.values[i][j] == pytest.approx(expected[step][name], rel=1e-5), (name, step)
 
 
 def test_epoch_and_step_schedules_together_do_not_measure_a_step_twice(tmp_path):
@@ -510,7 +561,7 @@ CRASH_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, {tests!r})
 from conftest import fit_kwargs, make_tiny_module, tiny_loader
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_rwc import RelativeWeightChange
 from lightning_rwc.measure import Measurement
@@ -668,7 +719,7 @@ def test_a_run_that_ends_before_the_first_measurement_says_so_in_one_line():
     messages = [str(w.message) for w in caught]
     assert (
         "RelativeWeightChange took no measurement: training ended at step 8 (epoch 1), before the first one "
-        "(every_n_epochs=None, every_n_steps=100)." in " ".join(messages)
+        "(every_n_epochs=None, every_n_steps=100). " in " ".join(messages)
     )
     assert any(m.startswith("LiveClustering did not cluster in this run: 0 measurement(s)") for m in messages)
     assert len(rwc.history) == 0

@@ -5,6 +5,8 @@ module                 its job
 =====================  ==========================================================================================
 ``functional``         the formula, once: element sums for each norm, ratios from sums, accumulation dtype
 ``settings``           :class:`MeasureSettings`: what is measured and how, checked once
+``updates``            the change an optimizer step applied, read from the optimizer's state (SGD, Adam, AdamW)
+``source``             measuring from those updates after each step, with no copy of the weights
 ``tracker``            :class:`WeightChangeTracker`: which parameters, their baselines, one measurement per step
 ``measurement``        :class:`Measurement`: one measurement on its way to the host, the single transfer
 ``groups``             one backend per device and dtype of the tracked weights
@@ -20,7 +22,7 @@ module                 its job
 from lightning_rwc.measure.functional import NORMS, Norm, relative_weight_change
 from lightning_rwc.measure.measurement import Measurement
 from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, select_parameters
-from lightning_rwc.measure.settings import MeasureSettings
+from lightning_rwc.measure.settings import SOURCES, MeasureSettings, Source
 from lightning_rwc.measure.tracker import WeightChangeTracker
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "PARAM_SELECTIONS",
     "Norm",
     "ParamSelection",
+    "SOURCES",
+    "Source",
     "WeightChangeTracker",
     "relative_weight_change",
     "select_parameters",

@@ -82,10 +82,24 @@ def element_sums(
         >>> element_sums(torch.tensor([2.0, -4.0, 0.0]), torch.tensor([3.0, -2.0, 1.0]), "l1").tolist()
         [4.0, 6.0]
     """
+    return change_sums(previous, torch.sub(previous, current, out=scratch), norm, dim, out=out)
+
+
+def change_sums(
+    previous: Tensor, change: Tensor, norm: str, dim: int | None = None, *, out: Tensor | None = None
+) -> Tensor:
+    """The sums of :func:`element_sums` from ``previous`` and the change itself (either sign), as an update gives it.
+
+    ``change`` may be overwritten with its terms.
+
+    Example::
+
+        >>> change_sums(torch.tensor([2.0, -4.0, 0.0]), torch.tensor([-1.0, -2.0, -1.0]), "l1").tolist()
+        [4.0, 6.0]
+    """
     if out is None:
         kept = [] if dim is None else [size for d, size in enumerate(previous.shape) if d != dim % previous.dim()]
-        out = torch.empty(2, *kept, dtype=accumulation_dtype(current.dtype), device=current.device)
-    change = torch.sub(previous, current, out=scratch)
+        out = torch.empty(2, *kept, dtype=accumulation_dtype(change.dtype), device=change.device)
     if norm == "elementwise":
         nonzero = previous != 0
         terms = change.abs_().to(torch.float32 if change.dtype in LOW_PRECISION else change.dtype) / previous.abs()

@@ -1,6 +1,7 @@
 """The tracked tensors grouped by device and dtype, each group measured by its backend, sums in tracked order.
 
-Adapter rows (:mod:`lightning_rwc.measure.adapters`) form one more group, measured by their own backend.
+Adapter rows (:mod:`lightning_rwc.measure.adapters`) form one more group, measured by their own backend, and so do
+the tensors measured from their optimizer's steps (:mod:`lightning_rwc.measure.source`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from lightning_rwc.measure.adapters import AdapterMeasure, AdapterRow, current, 
 from lightning_rwc.measure.backends import Backend, create_backend
 from lightning_rwc.measure.settings import MeasureSettings
 from lightning_rwc.measure.sharding import copies, local
+from lightning_rwc.measure.source import OptimizerSource
 from lightning_rwc.warn_once import WarnOnce
 
 Tracked = Tensor | AdapterRow
@@ -21,6 +23,8 @@ Tracked = Tensor | AdapterRow
 
 ADAPTERS = "adapters"
 """The key of the group of adapter rows."""
+UPDATES = "updates"
+"""The key of the group measured from the optimizer's steps."""
 
 
 @dataclass
@@ -37,10 +41,11 @@ class BackendGroups:
     Args:
         settings: the tracker's settings (norm, kernel, snapshot device).
         warn: where the backends' warnings go.
+        source: with ``source="optimizer"``, the backend of every tensor whose optimizer's update it reads.
     """
 
-    def __init__(self, settings: MeasureSettings, warn: WarnOnce) -> None:
-        self.settings, self._warn = settings, warn
+    def __init__(self, settings: MeasureSettings, warn: WarnOnce, source: OptimizerSource | None = None) -> None:
+        self.settings, self._warn, self.source = settings, warn, source
         self._names: list[str] = []
         self._groups: list[_Group] = []
         self.device: torch.device | None = None
@@ -56,12 +61,15 @@ class BackendGroups:
         names, params_list = list(params), list(params.values())
         positions: dict[object, list[int]] = {}
         for i, p in enumerate(params_list):
-            w = p if isinstance(p, AdapterRow) else local(p)
-            positions.setdefault(ADAPTERS if isinstance(w, AdapterRow) else (w.device, w.dtype), []).append(i)
+            key = ADAPTERS if isinstance(p, AdapterRow) else (local(p).device, local(p).dtype)
+            positions.setdefault(UPDATES if self.source and self.source.reads(p) else key, []).append(i)
         self._names, self._groups = names, []  # the old snapshots live on in ``baselines`` only
         settings = self.settings
         for key, members in positions.items():
-            if key == ADAPTERS:
+            if key == UPDATES:
+                backend = self.source
+                backend.follow([names[i] for i in members], [params_list[i] for i in members])
+            elif key == ADAPTERS:
                 rows = [params_list[i] for i in members]
                 backend = AdapterMeasure(rows, [baselines.get(names[i]) for i in members], settings.norm)
             else:
@@ -93,16 +101,24 @@ class BackendGroups:
         if not tensors or data_pointers(tensors, sharded) == self.pointers:
             return None
         snapshots = self.snapshots()
-        restarted = {i for i, name in enumerate(names) if value(tensors[i]).shape != snapshots[name].shape}
-        self.arrange(params, {n: snapshots[n] for i, n in enumerate(names) if i not in restarted}, sharded)
+        restarted = {i for i, n in enumerate(names) if n in snapshots and value(tensors[i]).shape != snapshots[n].shape}
+        self.arrange(
+            params, {n: snapshots[n] for i, n in enumerate(names) if n in snapshots and i not in restarted}, sharded
+        )
         return restarted
 
     def snapshots(self) -> dict[str, Tensor]:
         """The baseline of each tracked tensor, by name (views into the backends' storage)."""
         snapshots = {}
         for group in self._groups:
-            snapshots.update((self._names[i], s) for i, s in zip(group.positions, group.backend.snapshots, strict=True))
+            if group.backend is not self.source:
+                snapshots.update(zip([self._names[i] for i in group.positions], group.backend.snapshots, strict=True))
         return snapshots
+
+    def unmeasured(self) -> set[int]:
+        """The positions the optimizer's steps gave no value in the last :meth:`measure`."""
+        group = next((group for group in self._groups if group.backend is self.source), None)
+        return set() if group is None else {group.positions[i] for i in self.source.unmeasured}
 
     def measure(self) -> Tensor:
         """The ``(2, k)`` float64 sums of every tracked tensor, in tracked order, on :attr:`device`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -12,9 +13,11 @@ from lightning_rwc.measure.adapters import ADAPTER_MODES, AdapterMode
 from lightning_rwc.measure.backends import KERNELS, Kernel
 from lightning_rwc.measure.functional import NORMS, Norm
 from lightning_rwc.measure.select import PARAM_SELECTIONS, ParamSelection, compile_patterns
-from lightning_rwc.validate import check_choice
+from lightning_rwc.validate import check_choice, choices
 
 Patterns = str | Sequence[str] | None
+Source = Literal["snapshot", "optimizer"]
+SOURCES = choices(Source)
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,14 @@ class MeasureSettings:
     snapshot_device: str | torch.device | None = None
     kernel: Kernel = "auto"
     adapters: AdapterMode = "effective"
+    source: Source = "snapshot"
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, NORMS)
         check_choice("params", self.params, PARAM_SELECTIONS)
         check_choice("kernel", self.kernel, KERNELS)
         check_choice("adapters", self.adapters, ADAPTER_MODES)
+        check_choice("source", self.source, SOURCES)
         for name in ("include", "exclude"):
             patterns = getattr(self, name)
             compile_patterns(patterns, name)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lightning_rwc.measure.adapters import AdapterMode, adapter_rows
 from lightning_rwc.measure.backends import Kernel
@@ -20,8 +21,9 @@ from lightning_rwc.measure.functional import Norm
 from lightning_rwc.measure.groups import BackendGroups, Tracked, same, value
 from lightning_rwc.measure.measurement import Measurement, named_values, to_host, wait
 from lightning_rwc.measure.select import ParamSelection, select_parameters
-from lightning_rwc.measure.settings import MeasureSettings
+from lightning_rwc.measure.settings import MeasureSettings, Source
 from lightning_rwc.measure.sharding import agree, is_sharded, local, read_measurement, reduce_measurement
+from lightning_rwc.measure.source import OptimizerSource
 from lightning_rwc.measure.watch import ParameterWatch
 from lightning_rwc.warn_once import Emit, WarnOnce
 
@@ -59,6 +61,13 @@ class WeightChangeTracker:
         adapters: ``"effective"`` measures each adapter of a LoRA layer (PEFT) by the change of the layer's
             effective weight, in one row named as the layer's weight (:mod:`lightning_rwc.measure.adapters`);
             ``"factors"`` tracks the adapters' factors ``lora_A`` and ``lora_B`` as parameters.
+        source: ``"snapshot"`` compares the weights with a copy kept from the previous measurement;
+            ``"optimizer"`` keeps no copy: each measurement is the change of the last step of ``optimizer``, read
+            from its state right after the step (:mod:`lightning_rwc.measure.source`). Call :meth:`step` after every
+            optimizer step then. SGD, Adam and AdamW are read; other optimizers' tensors fall back to a snapshot,
+            with a warning. Changes the optimizer did not make (by hand, an EMA swap, a checkpoint load) are not
+            seen.
+        optimizer: with ``source="optimizer"``, the optimizer (or list of optimizers) that updates the model.
         warn: where warnings go (once per layer and kind); by default a :class:`RuntimeWarning` at the caller.
 
     Attributes:
@@ -66,8 +75,8 @@ class WeightChangeTracker:
 
     Raises:
         TypeError: if ``model`` is not a :class:`torch.nn.Module`.
-        ValueError: if ``norm``, ``params`` or ``kernel`` is unknown, a pattern does not compile, or nothing is left
-            to track.
+        ValueError: if ``norm``, ``params``, ``kernel`` or ``source`` is unknown, a pattern does not compile, nothing
+            is left to track, or ``source="optimizer"`` comes without an optimizer.
         RuntimeError: with ``kernel="triton"``, if the Triton kernel cannot measure the weights (the reason is given).
 
     Example::
@@ -94,18 +103,26 @@ class WeightChangeTracker:
         snapshot_device: str | torch.device | None = None,
         kernel: Kernel = "auto",
         adapters: AdapterMode = "effective",
+        source: Source = "snapshot",
+        optimizer: Optimizer | Sequence[Optimizer] | None = None,
         warn: Emit | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network itself.")
-        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters)
+        self.settings = MeasureSettings(norm, params, include, exclude, snapshot_device, kernel, adapters, source)
+        if (source == "optimizer") != (optimizer is not None):
+            raise ValueError(
+                f"optimizer is needed with source='optimizer' and only then (source={source!r}, optimizer="
+                f"{type(optimizer).__name__ if optimizer is not None else None})"
+            )
         self.model = model
         self.sharded = any(map(is_sharded, model.parameters()))
         self._patterns = self.settings.patterns()
         self._warn = WarnOnce(warn)
         self._watch = ParameterWatch(model)
         self._params: dict[str, Tracked] = {}
-        self._groups = BackendGroups(self.settings, self._warn)
+        self._source = None if optimizer is None else OptimizerSource(optimizer, self.settings.norm, self._warn)
+        self._groups = BackendGroups(self.settings, self._warn, self._source)
         self._finish = functools.partial(named_values, norm=self.settings.norm, warn=self._warn)
         self._watch.changed()
         selection = self._select()
@@ -118,11 +135,28 @@ class WeightChangeTracker:
 
     @classmethod
     def from_settings(
-        cls, model: nn.Module, settings: MeasureSettings, warn: Emit | None = None
+        cls,
+        model: nn.Module,
+        settings: MeasureSettings,
+        optimizers: Optimizer | Sequence[Optimizer] | None = None,
+        warn: Emit | None = None,
+        baseline: dict[str, Tensor] | None = None,
     ) -> WeightChangeTracker:
-        """A tracker of ``model`` with ``settings`` (as the callback makes one)."""
+        """A tracker of ``model`` with ``settings``, as the callback makes one.
+
+        ``optimizers`` are used with ``source="optimizer"`` only. The tracker continues from ``baseline`` (a
+        :meth:`state_dict`) where it fits the model; where it does not, from the current weights, with a warning.
+        """
         s = settings
-        return cls(model, s.norm, s.params, s.include, s.exclude, s.snapshot_device, s.kernel, s.adapters, warn)
+        optimizers = optimizers if s.source == "optimizer" else None
+        options = (s.snapshot_device, s.kernel, s.adapters, s.source)
+        tracker = cls(model, s.norm, s.params, s.include, s.exclude, *options, optimizer=optimizers, warn=warn)
+        try:
+            tracker.load_state_dict(baseline or {})
+        except ValueError as err:  # a checkpoint of another model: its baseline does not fit this one
+            tracker.reset()
+            tracker._warn("baseline", f"The checkpoint's baseline does not fit this model ({err}): curves restart.")
+        return tracker
 
     @property
     def names(self) -> list[str]:
@@ -163,8 +197,8 @@ class WeightChangeTracker:
         restarted = self._groups.follow_storage(self._params, self.sharded)
         if restarted is not None:  # new storage may come with a new number of dimensions: select again at this step
             self._watch.forget()
-        restarted = restarted or set()
         sums = self._groups.measure() if params else None
+        restarted = (restarted or set()) | self._groups.unmeasured()  # without exactly one step of their optimizer
         # While the device measures, the host looks for parameters that appeared or went away; those that went away
         # (or were replaced) since the last call were measured for nothing and are left out.
         selection = self._select() if self._watch.changed() else None
@@ -214,6 +248,13 @@ class WeightChangeTracker:
         with torch.no_grad():
             for name, snapshot in self._groups.snapshots().items():
                 snapshot.copy_(value(self._params[name]))
+        if self._source is not None:
+            self._source.forget()
+
+    def close(self) -> None:
+        """Stop following the optimizer's steps (``source="optimizer"``): its hooks are removed."""
+        if self._source is not None:
+            self._source.close()
 
     def _select(self) -> dict[str, Tracked]:
         """The parameters (and adapter rows) that pass the filters now, by name."""

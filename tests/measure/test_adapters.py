@@ -212,3 +212,26 @@ def test_a_quantized_base_weight_keeps_the_raw_factors_with_a_warning_that_says_
     with pytest.warns(RuntimeWarning, match="'up.weight' is measured by its raw LoRA factors.*quantized"):
         tracker = WeightChangeTracker(model)
     assert tracker.names == ["up.lora_A.default.weight", "up.lora_B.default.weight", "down.weight"]
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_rows_measured_from_the_factors_updates_without_a_snapshot(kind, optimizer):
+    model = adapted(kind).float()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(trainable, lr=0.1, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(trainable, lr=0.02, weight_decay=0.1)
+    tracker = WeightChangeTracker(model, source="optimizer", optimizer=opt)
+    assert tracker.snapshot_bytes == 0
+    for step in range(3):
+        before = {row(n): w for n, w in effective_weights(model).items()}
+        opt.zero_grad()
+        model(torch.randn(4, 6, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+        opt.step()
+        after = {row(n): w for n, w in effective_weights(model).items()}
+        values = tracker.step()
+        expected = reference_rwc(before, after, "l1")
+        for name in ("up.weight", "down.weight"):
+            assert values[name] == pytest.approx(expected[name], rel=1e-5), name
