@@ -1,15 +1,18 @@
 """Measuring from the optimizer's update: each step's change read after the step, with no copy of the weights.
 
-With ``source="optimizer"`` a tracker keeps no snapshot of the weights it reads this way. A post-step hook on each
-optimizer reduces, right after every step, the change that step applied to each tracked tensor it holds
-(:mod:`lightning_rwc.measure.updates`) and the weights before it (``W_t`` less that change), in pieces of about
-:data:`CHUNK` elements: no tensor of a weight's size is allocated or kept. The next measurement hands those sums on.
+With ``source="optimizer"`` a tracker keeps no snapshot of the weights it reads this way. Hooks on each optimizer
+reduce, just before every step, the norm of each tracked weight it holds (the denominator) and, right after it, the
+norm of the change the step applied (:mod:`lightning_rwc.measure.updates`), in pieces of about :data:`CHUNK`
+elements: no tensor of a weight's size is allocated or kept. The next measurement hands those sums on. A LoRA row's
+factors are small: their values before the step are recovered from the update, and its effective weight measured
+as from a snapshot (:mod:`lightning_rwc.measure.adapters`).
 
 What the optimizer did not do is not seen: a weight changed by hand, by an EMA swap, weight normalisation or a
 checkpoint load. A measurement covers exactly one step of each tensor's optimizer: a tensor whose optimizer took no
 step since the last measurement (an AMP ``GradScaler`` that skipped it, batches that only accumulate gradients) gets
 no value, and neither does one whose optimizer took several (with one warning). A weight that a step leaves alone
-(it has no gradient) or that no optimizer holds has the value 0 whenever a step was measured.
+(it has no gradient) or that no optimizer holds has the value 0 whenever a step was measured. The ``l1`` and ``l2``
+norms are read this way; ``elementwise`` needs each previous weight, and is measured against a snapshot.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch.optim import Optimizer
 
 from lightning_rwc.measure.adapters import AdapterMeasure, AdapterRow
 from lightning_rwc.measure.backends.base import Backend
-from lightning_rwc.measure.functional import accumulation_dtype, change_sums
+from lightning_rwc.measure.functional import EXPONENTS, accumulation_dtype, tensor_sums
 from lightning_rwc.measure.sharding import full, local
 from lightning_rwc.measure.updates import Rule, problem, rule
 from lightning_rwc.warn_once import WarnOnce
@@ -64,13 +67,15 @@ class OptimizerSource(Backend):
         """Positions that got no value in the last :meth:`measure` (no step, or several, since the one before)."""
         self._warn = warn
         self._others: set[int] = set()  # parameters of optimizers whose update is not read
-        self._handles, self._optimizers = [], []
-        this = weakref.ref(self)  # the optimizer's hook does not keep the tracker alive
+        self._handles: list = []
+        self._optimizers: list[Optimizer] = []
+        this = weakref.ref(self)  # the optimizer's hooks do not keep the tracker alive
         for optimizer in optimizers:
-            reason = problem(optimizer)
+            reason = problem(optimizer) if norm in EXPONENTS else f"norm={norm!r} needs each previous weight"
             if reason is None:
                 self._optimizers.append(optimizer)
-                self._handles.append(optimizer.register_step_post_hook(_hook(this)))
+                self._handles.append(optimizer.register_step_pre_hook(_hook(this, OptimizerSource.before_step)))
+                self._handles.append(optimizer.register_step_post_hook(_hook(this, OptimizerSource.after_step)))
                 continue
             self._others.update(id(p) for group in optimizer.param_groups for p in group["params"])
             warn(
@@ -94,6 +99,7 @@ class OptimizerSource(Backend):
     def forget(self) -> None:
         """Drop what the steps since the last measurement left (as a new baseline does)."""
         self._sums: dict[int, Tensor] = {}
+        self._before: dict[int, Tensor] = {}
         self._steps = [0] * len(self.weights)
         self._stepped = False
 
@@ -112,9 +118,7 @@ class OptimizerSource(Backend):
             sums = self._sums.get(i) if self._steps[i] == 1 else None
             idle = not self._steps[i] and self._stepped and not any(id(p) in held for p in _params(tracked))
             if sums is None and idle:  # no optimizer holds it, and one took a step: its change is zero
-                sums = (
-                    _sums(local(tracked), self.norm) if isinstance(tracked, Tensor) else _unchanged(tracked, self.norm)
-                )
+                sums = _unchanged(tracked, self.norm)
             if sums is None:
                 self.unmeasured.add(i)
                 sums = torch.zeros(2, dtype=torch.float64)
@@ -123,10 +127,23 @@ class OptimizerSource(Backend):
         device = next((c.device for c in columns if c.device.type != "cpu"), torch.device("cpu"))
         return torch.stack([c.to(device, torch.float64) for c in columns], dim=1)
 
+    def before_step(self, optimizer: Optimizer) -> None:
+        """Reduce the norm of each tracked weight ``optimizer`` holds, as it is before the step."""
+        positions = [i for i in map(self._index.get, _held(optimizer)) if i is not None]
+        weights = [(i, local(w)) for i in positions if isinstance(w := self.weights[i], Tensor)]
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, Tensor]]] = {}
+        for i, weight in weights:
+            groups.setdefault((weight.device, weight.dtype), []).append((i, weight))
+        with torch.no_grad():
+            for members in groups.values():
+                sums = tensor_sums([weight for _, weight in members], self.norm)
+                self._before.update(zip([i for i, _ in members], sums.unbind(), strict=True))
+
     def after_step(self, optimizer: Optimizer) -> None:
         """Reduce the change the step of ``optimizer`` just applied to each tracked tensor it holds."""
         found_inf = getattr(optimizer, "found_inf", None)  # set by a GradScaler for a fused step, which it may skip
         if isinstance(found_inf, Tensor) and bool(found_inf.item()):
+            self._before.clear()
             return
         self._stepped = True
         step = _Step(optimizer, rule(optimizer), getattr(optimizer, "grad_scale", None))
@@ -134,13 +151,14 @@ class OptimizerSource(Backend):
         with torch.no_grad():
             for param in step.groups:
                 i = self._index.get(id(param))
-                if i is None or i in rows:
+                if i is None or i in rows or (i not in self._before and isinstance(self.weights[i], Tensor)):
                     continue
                 tracked = self.weights[i]
                 if isinstance(tracked, AdapterRow):
                     rows[i] = torch.cat([step.previous(p).flatten() for p in tracked.raw()])
                 else:
-                    self._sums[i] = _sums(local(param), self.norm, step.changes(param))
+                    denominator = self._before.pop(i)
+                    self._sums[i] = torch.stack([step.numerator(param, self.norm).to(denominator), denominator])
                 self._steps[i] += 1
             if rows:
                 measured = AdapterMeasure([self.weights[i] for i in rows], list(rows.values()), self.norm).measure()
@@ -148,62 +166,54 @@ class OptimizerSource(Backend):
 
 
 class _Step:
-    """One step of one optimizer: the change it applied to each of its parameters, piece by piece."""
+    """One step of one optimizer: the change it applied to each of its parameters."""
 
     def __init__(self, optimizer: Optimizer, change: Rule, scale: Tensor | None) -> None:
         self.optimizer, self.change, self.scale = optimizer, change, scale
         self.groups = {p: group for group in optimizer.param_groups for p in group["params"]}
 
-    def changes(self, param: Tensor) -> Callable[[Callable[[Tensor], Tensor]], Tensor] | None:
-        """``changes(cut)``: the change of the piece ``cut`` takes of ``param``'s local tensors; ``None``: no change."""
+    def numerator(self, param: Tensor, norm: str) -> Tensor:
+        """The sum of ``|change| ** p`` over ``param``'s local tensor, piece by piece (zero without a gradient)."""
+        weight = local(param)
+        total = torch.zeros((), dtype=accumulation_dtype(weight.dtype), device=weight.device)
         if param.grad is None:  # the optimizers leave a weight without a gradient as it is
-            return None
-        weight, grad = local(param), local(param.grad)
-        state = self.optimizer.state.get(param, {})
+            return total
+        grad, group, state = local(param.grad), self.groups[param], self.optimizer.state.get(param, {})
         tensors = {k: local(v) for k, v in state.items() if isinstance(v, Tensor) and v.shape == param.shape}
         scalars = {k: v for k, v in state.items() if k not in tensors}
-        group = self.groups[param]
+        whole = weight.numel() <= CHUNK or not all(t.is_contiguous() for t in (weight, grad, *tensors.values()))
+        for start in [0] if whole else range(0, weight.numel(), CHUNK):
 
-        def of(cut: Callable[[Tensor], Tensor]) -> Tensor:
+            def cut(t: Tensor, start: int = start) -> Tensor:
+                return t if whole else t.view(-1)[start : start + CHUNK]
+
             pieces = {k: cut(v) for k, v in tensors.items()}
-            return self.change(cut(weight), cut(grad), scalars | pieces, group, self.scale)
-
-        of.tensors = [weight, grad, *tensors.values()]  # type: ignore[attr-defined]
-        return of
+            change = self.change(cut(weight), cut(grad), scalars | pieces, group, self.scale)
+            total += torch.linalg.vector_norm(change, EXPONENTS[norm]) ** EXPONENTS[norm]
+        return total
 
     def previous(self, param: Tensor) -> Tensor:
         """``param`` in full as it was before the step (an adapter's factor: small)."""
         now = full(param)
         if param not in self.groups or param.grad is None:
             return now
-        state = {
-            k: full(v) if isinstance(v, Tensor) and v.shape == param.shape else v
-            for k, v in self.optimizer.state[param].items()
-        }
+        state = self.optimizer.state[param]
+        state = {k: full(v) if isinstance(v, Tensor) and v.shape == param.shape else v for k, v in state.items()}
         change = self.change(now, full(param.grad), state, self.groups[param], self.scale)
         return (now.to(change.dtype) - change).to(now.dtype)
 
 
-def _sums(weight: Tensor, norm: str, changes: Callable | None = None) -> Tensor:
-    """The ``(2,)`` float64 sums of ``weight`` against ``weight - change``, piece by piece (no change: zero)."""
-    dtype = accumulation_dtype(weight.dtype)
-    tensors = getattr(changes, "tensors", [weight])
-    whole = weight.numel() <= CHUNK or not all(t.is_contiguous() for t in tensors)
-    out = torch.zeros(2, dtype=dtype, device=weight.device)
-    for start in [0] if whole else range(0, weight.numel(), CHUNK):
-
-        def cut(t: Tensor, start: int = start) -> Tensor:
-            return t if whole else t.view(-1)[start : start + CHUNK]
-
-        now = cut(weight).to(dtype)
-        change = torch.zeros_like(now) if changes is None else changes(cut)
-        out += change_sums(now - change, change, norm)
-    return out.to(torch.float64)
+def _unchanged(tracked: Tensor | AdapterRow, norm: str) -> Tensor:
+    """The ``(2,)`` sums of a tensor or an adapter row that did not change."""
+    if isinstance(tracked, AdapterRow):
+        return AdapterMeasure([tracked], [None], norm).measure()[:, 0]
+    denominator = tensor_sums([local(tracked)], norm)[0]
+    return torch.stack([torch.zeros_like(denominator), denominator])
 
 
-def _unchanged(row: AdapterRow, norm: str) -> Tensor:
-    """The ``(2,)`` sums of an adapter row whose factors did not change."""
-    return AdapterMeasure([row], [None], norm).measure()[:, 0]
+def _held(optimizer: Optimizer) -> list[int]:
+    """The ``id`` of each parameter ``optimizer`` holds."""
+    return [id(p) for group in optimizer.param_groups for p in group["params"]]
 
 
 def _params(tracked: Tensor | AdapterRow) -> tuple[Tensor, ...]:
@@ -217,11 +227,13 @@ def _remove(handles: list) -> None:
         handles.pop().remove()
 
 
-def _hook(source: weakref.ref[OptimizerSource]) -> Callable[[Optimizer, tuple, dict], None]:
-    """The post-step hook: hands the step to the source while the source exists."""
+def _hook(
+    source: weakref.ref[OptimizerSource], method: Callable[[OptimizerSource, Optimizer], None]
+) -> Callable[..., None]:
+    """A step hook that hands the step to ``method`` of the source while the source exists."""
 
-    def after_step(optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+    def hook(optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         if (alive := source()) is not None:
-            alive.after_step(optimizer)
+            method(alive, optimizer)
 
-    return after_step
+    return hook

@@ -1,5 +1,6 @@
 """Every way PyTorch shards a layer, on four gloo processes: values against a float64 reference from the full
-weights, and exactly one all-reduce per measurement of sharded weights (see ``topologies.py``)."""
+weights, from a snapshot and from the optimizer's sharded state, and exactly one all-reduce per measurement of sharded
+weights (see ``topologies.py``)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def results(tmp_path_factory) -> Path:
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("source", ["snapshot", "optimizer"])
 @pytest.mark.parametrize("topology", TOPOLOGIES)
-def test_values_equal_the_reference_with_one_all_reduce_per_measurement(results, topology):
-    result = torch.load(results / f"{topology}.pt")
+def test_values_equal_the_reference_with_one_all_reduce_per_measurement(results, topology, source):
+    result = torch.load(results / f"{topology}-{source}.pt")
     for step in result["steps"]:
         assert step["all_reduces"] == (0 if topology == "lora-ddp" else 1)  # replicas measure alone under DDP
         assert set(step["values"]) == set(step["reference"])
@@ -42,7 +44,7 @@ def test_values_equal_the_reference_with_one_all_reduce_per_measurement(results,
 
 @pytest.mark.distributed
 def test_the_topologies_hold_the_placements_they_are_meant_to(results):
-    placements = {topology: torch.load(results / f"{topology}.pt")["placements"] for topology in TOPOLOGIES}
+    placements = {topology: torch.load(results / f"{topology}-snapshot.pt")["placements"] for topology in TOPOLOGIES}
     assert placements["hsdp"]["up.weight"] == "(Replicate(), Shard(dim=0))"
     assert placements["tensor-parallel"]["up.weight"] == "(Shard(dim=0),)"
     assert placements["tensor-parallel"]["down.weight"] == "(Shard(dim=1),)"
@@ -55,6 +57,6 @@ def test_the_topologies_hold_the_placements_they_are_meant_to(results):
     assert lora["base_model.model.up.base_layer.weight"] == "(Shard(dim=0),)"
     assert lora["base_model.model.down.base_layer.weight"] == "(Shard(dim=0),)"  # (in, out): rows are inputs
     assert placements["lora-ddp"]["module.base_model.model.down.base_layer.weight"] == "plain"
-    numels = torch.load(results / "uneven.pt")["numels"]
+    numels = torch.load(results / "uneven-snapshot.pt")["numels"]
     assert [n["tiny"] for n in numels].count(0) >= 1  # three rows over four ranks: a rank holds an empty shard
     assert len({n["a.weight"] for n in numels}) > 1  # seven rows over four ranks: shards of different sizes

@@ -1,9 +1,10 @@
 """Measure a model under every way PyTorch shards a layer, on four gloo processes: ``python topologies.py OUT_DIR``.
 
 Each rank builds the same model, applies one topology, creates a tracker, then twice moves every weight by a known
-amount (the same full tensor on every rank, distributed like the weight) and measures. Rank zero writes, per
-topology, the tracker's values, the float64 reference from the full weights before and after each move, and how
-many all-reduces each measurement made, to ``OUT_DIR/<topology>.pt``.
+amount (the same full tensor on every rank, distributed like the weight) and measures. Then the same with
+``source="optimizer"``: each move is a step of AdamW on known gradients, read from the optimizer's sharded state.
+Rank zero writes, per topology and source, the tracker's values, the float64 reference from the full weights before
+and after each move, and how many all-reduces each measurement made, to ``OUT_DIR/<topology>-<source>.pt``.
 
 Topologies: HSDP (``fully_shard`` on a 2 x 2 replicate x shard mesh), tensor parallel (``ColwiseParallel`` /
 ``RowwiseParallel`` on 4 ranks: ``Shard(0)``, ``Shard(1)`` and ``Replicate()`` placements), FSDP2 + tensor parallel
@@ -15,6 +16,7 @@ the full effective weights.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -148,6 +150,19 @@ def move(model: nn.Module, seed: int) -> None:
             param.mul_(factor)
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, seed: int) -> None:
+    """One step of ``optimizer`` on gradients drawn from ``seed`` (the same full gradient on every rank)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.requires_grad:
+            grad = torch.randn(param.shape, generator=generator)
+            is_sharded = sharding.is_sharded(param)
+            param.grad = distribute_tensor(grad, param.device_mesh, param.placements) if is_sharded else grad
+    optimizer.step()
+
+
 def weights(model: nn.Module, lora: bool) -> dict[str, torch.Tensor]:
     """Every parameter in full; for LoRA models each adapted layer's effective weight, under its row's name."""
     if not lora:
@@ -162,15 +177,17 @@ def worker(rank: int, out: str, port: str) -> None:
     original = sharding.all_reduce_sum
     sharding.all_reduce_sum = lambda table: calls.append(1) or original(table)
     try:
-        for name, (build, shard) in TOPOLOGIES.items():
+        for (name, (build, shard)), source in itertools.product(TOPOLOGIES.items(), ("snapshot", "optimizer")):
             torch.manual_seed(0)
             model = shard(build())
-            tracker = WeightChangeTracker(model, params="trainable")
+            trained = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trained, lr=0.01, weight_decay=0.1) if source == "optimizer" else None
+            tracker = WeightChangeTracker(model, params="trainable", source=source, optimizer=optimizer)
             steps = []
             lora = name.startswith("lora")
             for seed in (1, 2):
                 before = weights(model, lora)
-                move(model, seed)
+                move(model, seed) if optimizer is None else optimizer_step(model, optimizer, seed)
                 after = weights(model, lora)
                 calls.clear()
                 values = tracker.step()
@@ -181,7 +198,8 @@ def worker(rank: int, out: str, port: str) -> None:
             numels: list[dict[str, int] | None] = [None] * WORLD
             dist.all_gather_object(numels, local)
             if rank == 0:
-                torch.save({"steps": steps, "placements": placements, "numels": numels}, Path(out) / f"{name}.pt")
+                result = {"steps": steps, "placements": placements, "numels": numels}
+                torch.save(result, Path(out) / f"{name}-{source}.pt")
             dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -103,8 +103,14 @@ def test_every_norm_and_pieces_smaller_than_a_weight(monkeypatch, norm, kind):
     model = Net()
     options = {"momentum": 0.9, "nesterov": True} if kind is torch.optim.SGD else {}
     optimizer = optimizer_of(model, kind, {"weight_decay": 1e-2, **options}, "foreach")
-    tracker = WeightChangeTracker(model, norm=norm, source="optimizer", optimizer=optimizer)
+    warnings: list[str] = []
+    tracker = WeightChangeTracker(model, norm=norm, source="optimizer", optimizer=optimizer, warn=warnings.append)
     train_and_compare(model, optimizer, tracker)
+    if norm == "elementwise":  # it needs every previous weight: a snapshot, said once
+        assert len(warnings) == 1 and "norm='elementwise' needs each previous weight" in warnings[0]
+        assert tracker.snapshot_bytes > 0
+    else:
+        assert warnings == [] and tracker.snapshot_bytes == 0
 
 
 @pytest.mark.parametrize("kind", [torch.optim.SGD, torch.optim.Adam])
