@@ -35,10 +35,11 @@ nitpicky = True  # a reference to an object of the package that is not documente
 nitpick_ignore_regex = [
     ("py:.*", r"(torch|np|numpy|nn|pl|lightning|typing|typing_extensions|collections|re|os|abc|dataclasses)\b.*"),
     ("py:.*", r"(pathlib|argparse|enum|tensorboard|triton)\..*"),
-    ("py:class", r"(Norm|Kernel|ParamSelection|AdapterMode|HistogramTime|FreezeMode|FreezeOrder|Method|Emit|Scalars)"),
+    ("py:class", r"(Norm|Kernel|ParamSelection|AdapterMode|Source|Rule|Change)"),
+    ("py:class", r"(HistogramTime|FreezeMode|FreezeOrder|Method|Emit|Scalars)"),
     ("py:.*", r"(TensorBoardLogger|SummaryWriter|Figure|TBContext|TBPlugin|base_plugin\..*|MisconfigurationException)"),
     ("py:.*", r"(.*\.)?_\w+"),  # private names appear in signatures, and are not documented
-    ("py:.*", r"(Tensor|Module|Parameter|Trainer|LightningModule|Callback|Logger|Path|PathLike|Pattern)"),
+    ("py:.*", r"(Tensor|Module|Parameter|Optimizer|Trainer|LightningModule|Callback|Logger|Path|PathLike|Pattern)"),
     ("py:.*", r"(Any|Literal|Sequence|Mapping|Iterable|Iterator|Callable|Hashable|Self|T|optional)"),
 ]
 

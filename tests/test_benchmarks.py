@@ -65,3 +65,11 @@ def test_adapters_benchmark_smoke_run_writes_its_table(tmp_path):
 def test_intervals_benchmark_smoke_run_writes_its_table(tmp_path):
     report = smoke_report("intervals", tmp_path)
     assert "| SGD, lr 0.02, momentum 0.9 (the demo's) | 2 |" in report and "later / one step" in report
+
+
+@pytest.mark.slow
+def test_optimizer_source_benchmark_smoke_run_writes_its_table(tmp_path):
+    report = smoke_report("optimizer_source", tmp_path)
+    for contender in ("| none |", "| snapshot |", "| optimizer |", "| copy |"):
+        assert contender in report
+    assert "measurement / copy" in report and "bytes held" in report

@@ -2,7 +2,7 @@
 
 With ``source="optimizer"`` a tracker keeps no snapshot of the weights it reads this way. Hooks on each optimizer
 reduce, just before every step, the norm of each tracked weight it holds (the denominator) and, right after it, the
-norm of the change the step applied (:mod:`lightning_rwc.measure.updates`), in pieces of about :data:`CHUNK`
+norm of the change the step applied (:mod:`lightning_rwc.measure.updates`), in pieces of at most :data:`CHUNK`
 elements: no tensor of a weight's size is allocated or kept. The next measurement hands those sums on. A LoRA row's
 factors are small: their values before the step are recovered from the update, and its effective weight measured
 as from a snapshot (:mod:`lightning_rwc.measure.adapters`).
@@ -31,8 +31,11 @@ from lightning_rwc.measure.sharding import full, local
 from lightning_rwc.measure.updates import Rule, problem, rule
 from lightning_rwc.warn_once import WarnOnce
 
-CHUNK = 1 << 20
-"""About how many elements of a weight are read and written at a time."""
+CHUNK = {"cpu": 1 << 20}
+"""At most how many elements of a weight are read and written at a time, by device type (elsewhere
+``DEVICE_CHUNK``): pieces small enough to bound the memory a step's reading allocates, large enough that the
+cost of each operation stays small beside its work."""
+DEVICE_CHUNK = 1 << 22
 
 SEVERAL_STEPS = (
     "source='optimizer' measures one optimizer step at a time: {} took several steps since the last measurement and "
@@ -181,16 +184,18 @@ class _Step:
         grad, group, state = local(param.grad), self.groups[param], self.optimizer.state.get(param, {})
         tensors = {k: local(v) for k, v in state.items() if isinstance(v, Tensor) and v.shape == param.shape}
         scalars = {k: v for k, v in state.items() if k not in tensors}
-        whole = weight.numel() <= CHUNK or not all(t.is_contiguous() for t in (weight, grad, *tensors.values()))
-        for start in [0] if whole else range(0, weight.numel(), CHUNK):
+        order, chunk = EXPONENTS[norm], CHUNK.get(weight.device.type, DEVICE_CHUNK)
+        whole = weight.numel() <= chunk or not all(t.is_contiguous() for t in (weight, grad, *tensors.values()))
+        factor = 1.0
+        for start in [0] if whole else range(0, weight.numel(), chunk):
 
             def cut(t: Tensor, start: int = start) -> Tensor:
-                return t if whole else t.view(-1)[start : start + CHUNK]
+                return t if whole else t.view(-1)[start : start + chunk]
 
             pieces = {k: cut(v) for k, v in tensors.items()}
-            change = self.change(cut(weight), cut(grad), scalars | pieces, group, self.scale)
-            total += torch.linalg.vector_norm(change, EXPONENTS[norm]) ** EXPONENTS[norm]
-        return total
+            terms, factor = self.change(cut(weight), cut(grad), scalars | pieces, group, self.scale)
+            total += torch.linalg.vector_norm(terms, order, dtype=total.dtype) ** order
+        return total * abs(factor) ** order
 
     def previous(self, param: Tensor) -> Tensor:
         """``param`` in full as it was before the step (an adapter's factor: small)."""
@@ -199,8 +204,8 @@ class _Step:
             return now
         state = self.optimizer.state[param]
         state = {k: full(v) if isinstance(v, Tensor) and v.shape == param.shape else v for k, v in state.items()}
-        change = self.change(now, full(param.grad), state, self.groups[param], self.scale)
-        return (now.to(change.dtype) - change).to(now.dtype)
+        terms, factor = self.change(now, full(param.grad), state, self.groups[param], self.scale)
+        return (now.to(terms.dtype) - terms * factor).to(now.dtype)
 
 
 def _unchanged(tracked: Tensor | AdapterRow, norm: str) -> Tensor:

@@ -8,9 +8,9 @@ PyTorch's formulas for its for-loop, multi-tensor (``foreach``) and fused implem
 optimizer                   the change of a step
 ==========================  ==================================================================================
 ``SGD``, momentum           ``-lr * buf`` (the buffer holds the gradient, its weight decay and the momentum)
-``SGD``, otherwise          ``-lr * (g + wd * W_{t-1} + momentum * buf)``: ``W_{t-1}`` recovered from ``W_t``
+``SGD``, otherwise          ``-lr * (g + wd * W_{t-1} + momentum * buf)``, written with ``W_t``
 ``Adam``                    ``-lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)`` (``v``: the max for amsgrad)
-``AdamW`` (decoupled)       the same, less ``lr * wd * W_{t-1}``: ``W_{t-1}`` recovered from ``W_t``
+``AdamW`` (decoupled)       the same, less ``lr * wd * W_{t-1}``, written with ``W_t``
 ==========================  ==================================================================================
 
 ``g`` is the gradient (negated with ``maximize``; divided by the ``grad_scale`` an AMP ``GradScaler`` gives a fused
@@ -31,9 +31,12 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from lightning_rwc.measure.functional import accumulation_dtype
 
-Rule = Callable[[Tensor, Tensor, dict[str, Tensor], dict[str, Any], Tensor | None], Tensor]
-"""``rule(weight, grad, state, group, grad_scale) -> change``: elementwise, for any piece of a weight that the step
-updated (one with a gradient: the optimizers leave a weight without one as it is)."""
+Change = tuple[Tensor, float | Tensor]
+"""A change given as ``(terms, factor)``: the change is ``factor * terms``. ``terms`` may be the optimizer's own state
+(never to be written), so that a change that is a multiple of it costs nothing to form."""
+Rule = Callable[[Tensor, Tensor, dict[str, Tensor], dict[str, Any], Tensor | None], Change]
+"""``rule(weight, grad, state, group, grad_scale) -> (terms, factor)``: elementwise, for any piece of a weight that
+the step updated (one with a gradient: the optimizers leave a weight without one as it is)."""
 
 _COMMON = {"params", "param_names", "lr", "weight_decay", "maximize", "foreach", "differentiable", "fused"}
 _SCHEDULERS = {"initial_lr", "base_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "name"}
@@ -73,7 +76,7 @@ def rule(optimizer: Optimizer) -> Rule:
 
 def sgd_change(
     weight: Tensor, grad: Tensor, state: dict[str, Tensor], group: dict[str, Any], grad_scale: Tensor | None
-) -> Tensor:
+) -> Change:
     """The change of ``weight`` in the step of :class:`torch.optim.SGD` that just ended.
 
     Example::
@@ -82,24 +85,26 @@ def sgd_change(
         >>> sgd = torch.optim.SGD([weight], lr=0.1, weight_decay=0.5)
         >>> before = weight.detach().clone()
         >>> weight.grad = torch.tensor([1.0, 1.0]); sgd.step()
-        >>> change = sgd_change(weight.detach(), weight.grad, sgd.state[weight], sgd.param_groups[0], None)
-        >>> torch.allclose(change, weight.detach() - before)
+        >>> terms, factor = sgd_change(weight.detach(), weight.grad, sgd.state[weight], sgd.param_groups[0], None)
+        >>> torch.allclose(terms * factor, weight.detach() - before)
         True
     """
-    weight = _exact(weight)
     lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
     buffer = state.get("momentum_buffer")
-    if momentum != 0 and not group["nesterov"]:
-        return _exact(buffer).mul_(-lr)
-    direction = _gradient(grad, group, grad_scale, weight.dtype)
+    if momentum != 0 and not group["nesterov"]:  # the buffer is the whole direction: nothing to compute
+        return buffer, -lr
+    direction = _gradient(grad, group, grad_scale, accumulation_dtype(weight.dtype))
     if momentum != 0 and not _nesterov_in_gradient(group, weight, decay):
-        direction = direction.add_(_exact(buffer), alpha=momentum)
-    return _without_decay(weight, direction.mul_(lr), lr * decay)
+        direction = direction.add_(buffer, alpha=momentum)
+    if _is_zero(decay):
+        return direction, -lr
+    # W_t = W_{t-1} (1 - lr wd) - lr d, so W_t - W_{t-1} = -lr (d + wd W_t) / (1 - lr wd)
+    return direction.add_(weight, alpha=decay), -lr / (1 - lr * decay)
 
 
 def adam_change(
     weight: Tensor, grad: Tensor, state: dict[str, Tensor], group: dict[str, Any], grad_scale: Tensor | None
-) -> Tensor:
+) -> Change:
     """The change of ``weight`` in the step of :class:`torch.optim.Adam` or :class:`torch.optim.AdamW` that just ended.
 
     Example::
@@ -108,28 +113,24 @@ def adam_change(
         >>> adamw = torch.optim.AdamW([weight], lr=0.1, weight_decay=0.5)
         >>> before = weight.detach().clone()
         >>> weight.grad = torch.tensor([1.0, 3.0]); adamw.step()
-        >>> change = adam_change(weight.detach(), weight.grad, adamw.state[weight], adamw.param_groups[0], None)
-        >>> torch.allclose(change, weight.detach() - before)
+        >>> terms, factor = adam_change(weight.detach(), weight.grad, adamw.state[weight], adamw.param_groups[0], None)
+        >>> torch.allclose(terms * factor, weight.detach() - before)
         True
     """
-    weight = _exact(weight)
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     step = _scalar(state["step"])
     second = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
     correction1, correction2 = 1 - _scalar(beta1) ** step, 1 - _scalar(beta2) ** step
-    denominator = _exact(second).sqrt_().div_(_sqrt(correction2)).add_(eps)
-    update = _exact(state["exp_avg"]).div_(denominator).mul_(lr / correction1)
-    if not group.get("decoupled_weight_decay", False):  # Adam's decay is in the gradient, and so in ``m``
-        return update.neg_()
-    return _without_decay(weight, update, lr * group["weight_decay"])
-
-
-def _without_decay(weight: Tensor, step: Tensor, decay: float | Tensor) -> Tensor:
-    """``W_t - W_{t-1}`` where ``W_t = W_{t-1} (1 - decay) - step``, ``W_{t-1}`` recovered from ``W_t``."""
-    if isinstance(decay, Tensor) or decay != 0:
-        previous = step.add_(weight).div_(1 - decay)
-        return torch.sub(weight, previous, out=previous)
-    return step.neg_()
+    denominator = torch.sqrt(_exact(second)).div_(_sqrt(correction2)).add_(eps)
+    first = _exact(state["exp_avg"])
+    decay = lr * group["weight_decay"] if group.get("decoupled_weight_decay", False) else 0.0
+    if _is_zero(decay):  # Adam's weight decay is in the gradient, and so in the moments
+        return torch.div(first, denominator, out=denominator), -lr / correction1
+    # W_t = W_{t-1} (1 - lr wd) - u, so W_t - W_{t-1} = -(u + lr wd W_t) / (1 - lr wd), u = lr / c1 * m / denominator
+    scale = lr / (correction1 * decay)
+    if isinstance(scale, Tensor):  # addcdiv takes a number only
+        return torch.div(first, denominator, out=denominator).mul_(scale).add_(weight), -decay / (1 - decay)
+    return torch.addcdiv(_exact(weight), first, denominator, value=scale, out=denominator), -decay / (1 - decay)
 
 
 def _nesterov_in_gradient(group: dict[str, Any], weight: Tensor, decay: float | Tensor) -> bool:
@@ -139,7 +140,7 @@ def _nesterov_in_gradient(group: dict[str, Any], weight: Tensor, decay: float | 
     implementation when asked to (``foreach=True``), and by default on CUDA and XPU unless ``fused=True``.
     """
     foreach = group["foreach"] or (group["foreach"] is None and not group["fused"] and weight.device.type in _FOREACH)
-    return bool(group["nesterov"] and foreach and not group["maximize"]) and not (isinstance(decay, Tensor) or decay)
+    return bool(group["nesterov"] and foreach and not group["maximize"]) and _is_zero(decay)
 
 
 def _gradient(grad: Tensor, group: dict[str, Any], grad_scale: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -151,8 +152,13 @@ def _gradient(grad: Tensor, group: dict[str, Any], grad_scale: Tensor | None, dt
 
 
 def _exact(t: Tensor) -> Tensor:
-    """A copy of ``t`` in the dtype the change is computed in."""
-    return t.to(accumulation_dtype(t.dtype), copy=True)
+    """``t`` in the dtype the change is computed in (itself when it has that dtype)."""
+    return t.to(accumulation_dtype(t.dtype))
+
+
+def _is_zero(x: Tensor | float) -> bool:
+    """Whether a number is zero (a tensor, such as a tensor learning rate times a decay, counts as not zero)."""
+    return not isinstance(x, Tensor) and x == 0
 
 
 def _scalar(x: Tensor | float) -> Tensor | float:

@@ -98,7 +98,7 @@ def test_every_layer_at_every_step_equals_the_float64_reference(kind, options, i
 @pytest.mark.parametrize("norm", ["l1", "l2", "elementwise"])
 @pytest.mark.parametrize("kind", [torch.optim.SGD, torch.optim.AdamW])
 def test_every_norm_and_pieces_smaller_than_a_weight(monkeypatch, norm, kind):
-    monkeypatch.setattr(source_module, "CHUNK", 37)  # every weight cut into pieces of 37 elements
+    monkeypatch.setitem(source_module.CHUNK, "cpu", 37)  # every weight cut into pieces of 37 elements
     torch.manual_seed(0)
     model = Net()
     options = {"momentum": 0.9, "nesterov": True} if kind is torch.optim.SGD else {}
@@ -317,3 +317,53 @@ def test_report_the_worst_difference(capsys):
         for key, worst in sorted(WORST.items()):
             print(f"\nsource='optimizer' {key}: worst relative difference {worst:.2e}")
     assert all(worst < 1e-5 for worst in WORST.values())
+
+
+def adam_update_reference(optimizer: torch.optim.Optimizer, param: torch.Tensor, before: torch.Tensor) -> float:
+    """Sum of |the update Adam(W) computed| in float64 from its state after the step, written plainly."""
+    group, state = optimizer.param_groups[0], optimizer.state[param]
+    (beta1, beta2), t = group["betas"], float(state["step"])
+    second = state["max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"].double()
+    m_hat = state["exp_avg"].double() / (1 - beta1**t)
+    update = group["lr"] * m_hat / ((second / (1 - beta2**t)).sqrt() + group["eps"])
+    if group["decoupled_weight_decay"]:
+        update = update + group["lr"] * group["weight_decay"] * before
+    return update.abs().sum().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1, fused=True),
+        lambda params: torch.optim.Adam(params, lr=0.01, amsgrad=True),  # PyTorch's default on CUDA: foreach
+        lambda params: torch.optim.SGD(params, lr=0.2, momentum=0.9, nesterov=True),  # the momentum in the gradient
+    ],
+    ids=["adamw-fused", "adam-foreach", "sgd-nesterov-foreach"],
+)
+def test_on_gpu_in_float32_and_bfloat16(make, dtype):
+    torch.manual_seed(0)
+    model = Net().cuda().to(dtype)
+    optimizer = make(model.parameters())
+    if dtype == torch.bfloat16 and isinstance(optimizer, torch.optim.SGD):
+        pytest.skip("bf16 is checked against Adam's update formula")
+    tracker = WeightChangeTracker(model, source="optimizer", optimizer=optimizer)
+    generator = torch.Generator("cuda").manual_seed(1)
+    for step in range(4):
+        before = weights(model, tracker.names)
+        optimizer.zero_grad()
+        model(torch.randn(8, 12, device="cuda", dtype=dtype, generator=generator), True).float().backward()
+        optimizer.step()
+        got = tracker.step()
+        if dtype == torch.float32:  # the change itself
+            expected = reference_rwc(before, weights(model, tracker.names), "l1")
+        else:  # the update computed (rounding to bf16 lets another change through)
+            params = dict(model.named_parameters())
+            expected = {
+                name: adam_update_reference(optimizer, params[name], before[name]) / before[name].abs().sum().item()
+                for name in tracker.names
+            }
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-5 if dtype == torch.float32 else 1e-4), (name, step)
