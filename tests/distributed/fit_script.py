@@ -1,11 +1,12 @@
 """Train the tiny model with RelativeWeightChange under a distributed strategy; Lightning re-launches this script.
 
-Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven,ddp-freeze,fsdp2-freeze} OUT_DIR
+Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven,ddp-freeze,fsdp2-freeze,ddp-optimizer,fsdp2-optimizer} OUT_DIR
 
 ``fsdp2-uneven`` is ``fsdp2`` where, after the first epoch, rank 1 alone gets a new trainable layer: the ranks must
 agree to leave it out rather than hang or fail in the all-reduce. ``ddp-freeze`` and ``fsdp2-freeze`` add a
 LayerFreezer that freezes the convolution after the second epoch (the learning rate falls 100x each epoch), under
-``ddp_find_unused_parameters_true`` or FSDP2.
+``ddp_find_unused_parameters_true`` or FSDP2. ``ddp-optimizer`` and ``fsdp2-optimizer`` measure every step with
+``source="optimizer"`` (under FSDP2 from the optimizer's sharded state).
 
 Rank zero writes OUT_DIR/history.json and OUT_DIR/weights_<step>.pt (full weights in float64 at every measurement and
 at the start); every rank writes OUT_DIR/collectives_<rank>.json (how many all-reduces the tracker made, and the
@@ -35,10 +36,10 @@ TRACKED = ["net.conv.weight", "net.head.weight"]
 
 
 class FullWeights(Callback):
-    """Saves the full (gathered) tracked weights at the start and at every epoch end, on rank zero."""
+    """Saves the full (gathered) tracked weights at the start and at every epoch end (or step), on rank zero."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, every_step: bool) -> None:
+        self.out, self.every_step = out, every_step
 
     def _save(self, trainer, pl_module) -> None:
         params = dict(pl_module.named_parameters())
@@ -55,6 +56,10 @@ class FullWeights(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if self.every_step:
+            self._save(trainer, pl_module)
 
 
 class GrowOnRankOne(Callback):
@@ -98,7 +103,8 @@ def main(strategy_name: str, out: Path) -> None:
         strategy = ModelParallelStrategy()
     else:
         strategy = "ddp_find_unused_parameters_true" if freezing else "ddp"
-    rwc = RelativeWeightChange()
+    every_step = strategy_name.endswith("-optimizer")
+    rwc = RelativeWeightChange(every_n_steps=1, source="optimizer") if every_step else RelativeWeightChange()
     freezer = LayerFreezer(threshold=0.5, patience=1, warmup=1, max_fraction=1.0)
     # Monitoring an RWC key needs its value on every rank (under DDP only rank zero measures): a missing one fails.
     monitor = EarlyStopping(monitor="rwc/_all", mode="min", patience=100, check_on_train_epoch_end=True)
@@ -108,7 +114,7 @@ def main(strategy_name: str, out: Path) -> None:
         strategy=strategy,
         max_epochs=3,
         callbacks=[
-            FullWeights(out),
+            FullWeights(out, every_step),
             rwc,
             monitor,
             *([GrowOnRankOne()] if strategy_name == "fsdp2-uneven" else []),

@@ -20,7 +20,15 @@ SCRIPT = Path(__file__).with_name("fit_script.py")
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("strategy", "collectives_per_measurement"),
-    [("ddp", 0), ("fsdp2", 1), ("fsdp2-uneven", 1), ("ddp-freeze", 0), ("fsdp2-freeze", 1)],
+    [
+        ("ddp", 0),
+        ("fsdp2", 1),
+        ("fsdp2-uneven", 1),
+        ("ddp-freeze", 0),
+        ("fsdp2-freeze", 1),
+        ("ddp-optimizer", 0),
+        ("fsdp2-optimizer", 1),
+    ],
 )
 def test_values_equal_a_reference_from_the_full_weights(tmp_path, strategy, collectives_per_measurement):
     out = tmp_path / strategy
