@@ -18,14 +18,13 @@ from torch import nn
 
 from lightning_rwc.blocks import Blocks, block_values, find_blocks
 from lightning_rwc.decide.freeze import FreezePolicy, FreezeRule
+from lightning_rwc.front import FrontCache
 from lightning_rwc.measure import Measurement
 from lightning_rwc.measure.select import named_parameters
 from lightning_rwc.validate import check_choice, choices
 
 FreezeMode = Literal["freeze", "suggest"]
 MODES = choices(FreezeMode)
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class BlockFreezer:
@@ -35,8 +34,10 @@ class BlockFreezer:
     tensors as one vector) and handed to a :class:`~lightning_rwc.decide.freeze.FreezePolicy`. With
     ``mode="freeze"`` the blocks it picks are frozen: every parameter of theirs gets ``requires_grad=False`` and
     loses its gradient, so optimizers leave it exactly as it is (momentum and weight decay included), and with
-    ``eval_batchnorm`` their batch-norm layers stop updating running statistics. With ``mode="suggest"`` nothing
-    changes; :attr:`frozen` says what would have been frozen, and when.
+    ``eval_frozen`` their modules run in eval mode (batch-norm statistics frozen, dropout off), so that a frozen
+    block computes the same output for the same input. With a ``cache``, once a prefix of the blocks is frozen its
+    output is computed once per input and reused (:class:`~lightning_rwc.front.FrontCache`). With
+    ``mode="suggest"`` nothing changes; :attr:`frozen` says what would have been frozen, and when.
 
     Blocks are found from the tracked tensors' ``names``; a parameter outside every block (a batch norm between two
     blocks, say) belongs to the block of the parameter before it, and a parameter registered twice (tied weights)
@@ -51,8 +52,11 @@ class BlockFreezer:
         rule: when a block is settled and how many may be frozen (:class:`~lightning_rwc.decide.FreezeRule`).
         patterns: custom blocks, regular expressions or module paths (see :func:`~lightning_rwc.blocks.find_blocks`).
         keep_last: never freeze the last block (the head) and what shares parameters with it.
-        eval_batchnorm: put the batch-norm layers of frozen blocks in eval mode (see :meth:`keep_eval`).
+        eval_frozen: run the modules of frozen blocks in eval mode (see :meth:`keep_eval`): the modules whose
+            parameters are all frozen, and a module without parameters where the module with parameters before it
+            (in the model's order) is frozen, as a dropout after a frozen layer.
         norm: the tracker's norm.
+        cache: keeps the frozen front's outputs (with ``mode="freeze"`` and ``eval_frozen``); ``None``: no cache.
 
     Example::
 
@@ -74,11 +78,13 @@ class BlockFreezer:
         rule: FreezeRule | None = None,
         patterns: Sequence[str] = (),
         keep_last: bool = True,
-        eval_batchnorm: bool = True,
+        eval_frozen: bool = True,
         norm: str = "l1",
+        cache: FrontCache | None = None,
     ) -> None:
         check_choice("mode", mode, MODES)
-        self.model, self.mode, self.eval_batchnorm, self.norm = model, mode, eval_batchnorm, norm
+        self.model, self.mode, self.eval_frozen, self.norm = model, mode, eval_frozen, norm
+        self.cache = cache if mode == "freeze" and eval_frozen else None
         self.names = list(names)
         """The measured tensors' names the blocks were found from."""
         self.blocks: Blocks = find_blocks(names, patterns)
@@ -86,7 +92,7 @@ class BlockFreezer:
         keep = self._owners.get(last, set()) if keep_last else set()
         self.policy = FreezePolicy(self.blocks.names, rule, keep=keep)
         self._frozen: set[int] = set()  # the parameters frozen here, by identity
-        self._batchnorms: list[nn.Module] = []  # whose parameters are all frozen
+        self._eval: list[nn.Module] = []  # the modules of frozen blocks
 
     @property
     def frozen(self) -> dict[str, int]:
@@ -102,25 +108,21 @@ class BlockFreezer:
         return chosen
 
     def freeze(self, blocks: Sequence[str]) -> None:
-        """Freeze ``blocks`` now: no gradient, no update, batch norms in eval mode (with ``eval_batchnorm``)."""
+        """Freeze ``blocks`` now: no gradient, no update, modules in eval mode (``eval_frozen``), the front cached."""
         for param in self._params(blocks):
             param.requires_grad_(False)
             param.grad = None
             self._frozen.add(id(param))
-        if self.eval_batchnorm:
-            self._batchnorms = [
-                module
-                for module in self.model.modules()
-                if isinstance(module, _BATCHNORMS)
-                and (params := [id(p) for p in module.parameters(recurse=False)])
-                and self._frozen.issuperset(params)
-            ]
+        if self.eval_frozen:
+            self._eval = self._frozen_modules()
         self.keep_eval()
+        if self.cache is not None:
+            self._cache_front()
 
     def keep_eval(self) -> None:
-        """Put the batch-norm layers of frozen blocks in eval mode again (``model.train()`` undoes it)."""
-        for module in self._batchnorms:
-            module.eval()
+        """Put the modules of frozen blocks in eval mode again (``model.train()`` undoes it)."""
+        for module in self._eval:
+            module.train(False)
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's state (frozen blocks with their steps, peaks, counters), as plain data."""
@@ -132,13 +134,38 @@ class BlockFreezer:
         if self.mode == "freeze":
             self.freeze(list(self.policy.frozen))
 
+    def _frozen_modules(self) -> list[nn.Module]:
+        """The modules of frozen blocks: all parameters frozen, or none and the module with some before it frozen."""
+        found, before = [], False
+        for module in self.model.modules():
+            params = [id(p) for p in module.parameters()]
+            own = any(True for _ in module.parameters(recurse=False))
+            frozen = self._frozen.issuperset(params) if params else before
+            if frozen:
+                found.append(module)
+            before = self._frozen.issuperset(params) if own else before
+        return found
+
+    def _cache_front(self) -> None:
+        """Cache the output of the longest frozen prefix of the blocks, cut after its last block."""
+        names, frozen = self.blocks.names, self.policy.frozen
+        prefix = next((i for i, block in enumerate(names) if block not in frozen), len(names))
+        paths = [self.blocks.paths.get(block) for block in names]
+        if prefix == 0 or paths[prefix - 1] is None:
+            return
+        last = paths[prefix - 1]
+        if any(path and path.startswith(last + ".") for path in paths[prefix:]):  # a group holding later blocks
+            return
+        self.cache.attach(self.model, last)
+
     def _find_owners(self) -> tuple[dict[int, set[str]], int | None]:
         """For each parameter (by identity), the blocks it belongs to under any of its names; the last trainable one."""
         owners: dict[int, set[str]] = {}
-        before, last = (self.blocks.names or [None])[0], None
+        before, last, known = (self.blocks.names or [None])[0], None, set(self.blocks.names)
         for name, _, param in named_parameters(self.model, remove_duplicate=False):
             first = next(iter(owners.get(id(param), ())), None)
-            block = self.blocks.of(name) or first or before
+            block = self.blocks.of(name)  # a group's path (VGG's "features") may hold no tracked name: not a block
+            block = (block if block in known else None) or first or before
             if block is not None:
                 owners.setdefault(id(param), set()).add(block)
             before, last = block, id(param) if param.requires_grad else last

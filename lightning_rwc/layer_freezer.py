@@ -20,6 +20,7 @@ from typing_extensions import override
 from lightning_rwc.callback import RelativeWeightChange
 from lightning_rwc.decide.freeze import FreezeOrder, FreezeRule
 from lightning_rwc.freezing import MODES, BlockFreezer, FreezeMode
+from lightning_rwc.front import FrontCache
 from lightning_rwc.keys import freeze_prefix
 from lightning_rwc.measure import select_parameters
 from lightning_rwc.measure.select import compile_patterns
@@ -40,13 +41,18 @@ class LayerFreezer(Callback, Part):
     parameters with it) is never frozen with ``keep_last``.
 
     Frozen parameters get ``requires_grad=False`` and lose their gradients, so optimizers leave them as they are;
-    their batch-norm layers are put in eval mode (``eval_batchnorm``); their RWC curves end. ``mode="suggest"``
-    changes nothing: it logs what would be frozen, and when.
+    their modules run in eval mode (``eval_frozen``: batch-norm statistics frozen, dropout off); their RWC curves
+    end. With ``cache``, once a prefix of the blocks is frozen its output is computed once per input sample and
+    reused: the forward pass of the frozen front is skipped for inputs seen before
+    (:class:`~lightning_rwc.front.FrontCache`; inputs are the same when bitwise equal). ``mode="suggest"`` changes
+    nothing: it logs what would be frozen, and when.
 
     Logged metrics (through every logger, at the step of the measurement that decided):
 
     - ``{log_prefix}_freeze/frozen_blocks``: how many blocks are frozen (or, suggesting, would be);
     - ``{log_prefix}_freeze/{block}``: 1 at the step the block froze;
+    - with ``cache``, ``{log_prefix}_freeze/cache_hit_rate`` (the share of samples since the last measurement whose
+      front output was reused) and ``{log_prefix}_freeze/cache_bytes``;
     - with TensorBoard, a text ``{log_prefix}_freeze/decisions`` listing every decision so far.
 
     Under DDP rank zero's measurements reach every rank, so every rank freezes the same blocks at the same step;
@@ -62,10 +68,12 @@ class LayerFreezer(Callback, Part):
             and optimizer updates of the frozen blocks, not backward through them).
         blocks: custom blocks: regular expressions or module paths, matched at the start of parameter names.
         keep_last: never freeze the last block.
-        eval_batchnorm: put the batch-norm layers of frozen blocks in eval mode.
+        eval_frozen: run the modules of frozen blocks in eval mode (batch-norm statistics frozen, dropout off).
+        cache: ``True`` (a :class:`~lightning_rwc.front.FrontCache` with its defaults: 1 GiB in memory), a
+            ``FrontCache`` of your settings, or ``False``. Needs ``mode="freeze"`` and ``eval_frozen``.
 
     Raises:
-        ValueError: for a setting out of range.
+        ValueError: for a setting out of range, or ``cache`` without ``mode="freeze"`` and ``eval_frozen``.
         MisconfigurationException: at the start of training, with ``mode="freeze"`` under DDP without
             ``find_unused_parameters``.
 
@@ -87,14 +95,23 @@ class LayerFreezer(Callback, Part):
         order: FreezeOrder = "front",
         blocks: Sequence[str] = (),
         keep_last: bool = True,
-        eval_batchnorm: bool = True,
+        eval_frozen: bool = True,
+        cache: bool | FrontCache = False,
     ) -> None:
         check_choice("mode", mode, MODES)
         self.rule = FreezeRule(threshold, patience, warmup, max_fraction, order)
         compile_patterns(blocks, "blocks")
         check_switch("keep_last", keep_last)
-        check_switch("eval_batchnorm", eval_batchnorm)
-        self.mode, self.blocks, self.keep_last, self.eval_batchnorm = mode, list(blocks), keep_last, eval_batchnorm
+        check_switch("eval_frozen", eval_frozen)
+        if not isinstance(cache, (bool, FrontCache)):
+            raise ValueError(f"cache must be True, False or a FrontCache, got {cache!r}")
+        if cache is not False and (mode != "freeze" or not eval_frozen):
+            raise ValueError("cache needs mode='freeze' and eval_frozen=True: only a frozen front in eval mode stays")
+        self.mode, self.blocks, self.keep_last, self.eval_frozen = mode, list(blocks), keep_last, eval_frozen
+        self.cache = FrontCache() if cache is True else cache or None
+        """The frozen front's outputs (``None`` without ``cache``)."""
+        self._counted = (0, 0)  # the cache's hits and misses at the last measurement
+        self._epoch_counts: tuple[int, int, str | None] | None = None  # and at the start of the epoch, with its cut
         self.freezer: BlockFreezer | None = None
         self._rwc: RelativeWeightChange | None = None
         self._pending: dict[str, Any] | None = None
@@ -146,6 +163,32 @@ class LayerFreezer(Callback, Part):
             self.freezer.keep_eval()  # Lightning puts the model back in train mode at the start of each epoch
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.cache is not None:
+            cut = self.cache.path if len(self.cache.store) else None
+            self._epoch_counts = (self.cache.hits, self.cache.misses, cut)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        cache, start = self.cache, self._epoch_counts
+        if cache is None or start is None or start[2] is None or start[2] != cache.path:
+            return  # no cache, or one that was empty or cut elsewhere when the epoch began: not yet a fair test
+        hits, misses = cache.hits - start[0], cache.misses - start[1]
+        if hits + misses and hits < 0.5 * (hits + misses):
+            self._rwc.warn(
+                "cache",
+                f"LayerFreezer(cache=...): only {hits / (hits + misses):.0%} of the samples of epoch "
+                f"{trainer.current_epoch} were found in the cache"
+                + (", whose budget is spent" if cache.store.full else ": the inputs change from epoch to epoch")
+                + ". Caching does not pay here: use cache=False (or a larger budget, or a folder to spill to).",
+            )
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.cache is not None:
+            self.cache.detach()  # the model's own forward again, and the memory given back
+
+    @override
     def on_measurement(self, trainer: pl.Trainer, record: Record) -> None:
         known = [] if self.freezer is None else self.freezer.names
         new = [name for name in record.measurement.sums()[0] if name not in set(known)]
@@ -157,6 +200,12 @@ class LayerFreezer(Callback, Part):
         chosen = self.freezer.update(record.step, record.measurement)
         head = freeze_prefix(self._rwc.log_prefix)
         record.extra[f"{head}/frozen_blocks"] = float(len(self.freezer.frozen))
+        if self.cache is not None and self.cache.path is not None:
+            hits, misses = self.cache.hits - self._counted[0], self.cache.misses - self._counted[1]
+            self._counted = (self.cache.hits, self.cache.misses)
+            if hits + misses:
+                record.extra[f"{head}/cache_hit_rate"] = hits / (hits + misses)
+            record.extra[f"{head}/cache_bytes"] = float(self.cache.bytes)
         record.extra |= {f"{head}/{block}": 1.0 for block in chosen}
         if chosen:
             verb = "Froze" if self.mode == "freeze" else "Would freeze"
@@ -183,8 +232,9 @@ class LayerFreezer(Callback, Part):
             rule=self.rule,
             patterns=self.blocks,
             keep_last=self.keep_last,
-            eval_batchnorm=self.eval_batchnorm,
+            eval_frozen=self.eval_frozen,
             norm=self._rwc.settings.norm,
+            cache=self.cache,
         )
 
     def _selected(self, pl_module: pl.LightningModule) -> list[str]:

@@ -188,3 +188,54 @@ def test_freezing_under_ddp_needs_find_unused_parameters(monkeypatch):
             LayerFreezer().on_train_start(trainer, None)
     finally:
         dist.destroy_process_group()
+
+
+def test_with_the_cache_the_run_equals_the_run_without_and_logs_its_hit_rate(tmp_path):
+    _, plain = fit([RelativeWeightChange(), LayerFreezer(**FAST)])
+    freezer = LayerFreezer(**FAST, cache=True)
+    trainer, cached = fit([RelativeWeightChange(), freezer], tmp_path=tmp_path)
+    assert freezer.frozen == {"0": 16, "1": 16, "2": 16}
+    for (name, a), b in zip(plain.named_parameters(), cached.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    assert "forward" not in vars(cached.net)  # the model's own forward once training is over
+    with open(Path(trainer.logger.log_dir) / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rates = {int(r["step"]): float(r["rwc_freeze/cache_hit_rate"]) for r in rows if r.get("rwc_freeze/cache_hit_rate")}
+    assert rates == {24: 0.0, 32: 1.0}  # the epoch after the decision computes every sample once; then all are reused
+    stored = {int(r["step"]): float(r["rwc_freeze/cache_bytes"]) for r in rows if r.get("rwc_freeze/cache_bytes")}
+    assert stored[32] == 64 * 8 * 4  # 64 samples, the front's output of 8 float32 each
+
+
+def test_a_resumed_run_with_the_cache_rebuilds_it_and_equals_an_uninterrupted_one(tmp_path):
+    def run(epochs, ckpt_path=None):
+        freezer = LayerFreezer(**FAST, cache=True)
+        trainer, module = fit([RelativeWeightChange(), freezer], epochs=epochs, ckpt_path=ckpt_path, tmp_path=tmp_path)
+        return trainer, module, freezer
+
+    _, straight, _ = run(4)
+    first, _, _ = run(3)  # after the decision: the resumed run freezes again and starts an empty cache
+    _, resumed, freezer = run(4, ckpt_path=first.checkpoint_callback.best_model_path)
+    assert freezer.cache.misses == 64 and freezer.cache.hits == 0  # one epoch after resuming: every sample computed
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_that_change_every_epoch_warn_that_the_cache_does_not_pay():
+    class Noise(torch.utils.data.Dataset):  # new inputs at every access, as random augmentation makes them
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.randn(8), i % 2
+
+    freezer = LayerFreezer(**FAST, cache=True)
+    trainer = Trainer(max_epochs=4, callbacks=[RelativeWeightChange(), freezer], logger=False, **fit_kwargs())
+    with pytest.warns(UserWarning, match=r"only 0% of the samples of epoch 3 were found in the cache: the inputs"):
+        trainer.fit(Stack(), torch.utils.data.DataLoader(Noise(), batch_size=8))
+
+
+def test_the_cache_needs_a_frozen_front_in_eval_mode():
+    with pytest.raises(ValueError, match="cache needs mode='freeze' and eval_frozen=True"):
+        LayerFreezer(mode="suggest", cache=True)
+    with pytest.raises(ValueError, match="cache must be True, False or a FrontCache"):
+        LayerFreezer(cache="yes")

@@ -1,11 +1,13 @@
 """Train the tiny model with RelativeWeightChange under a distributed strategy; Lightning re-launches this script.
 
-Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven,ddp-freeze,fsdp2-freeze,ddp-optimizer,fsdp2-optimizer} OUT_DIR
+Usage: python fit_script.py {ddp,fsdp2,fsdp2-uneven,ddp-freeze,fsdp2-freeze,ddp-freeze-cache,ddp-optimizer,
+fsdp2-optimizer} OUT_DIR
 
 ``fsdp2-uneven`` is ``fsdp2`` where, after the first epoch, rank 1 alone gets a new trainable layer: the ranks must
 agree to leave it out rather than hang or fail in the all-reduce. ``ddp-freeze`` and ``fsdp2-freeze`` add a
 LayerFreezer that freezes the convolution after the second epoch (the learning rate falls 100x each epoch), under
-``ddp_find_unused_parameters_true`` or FSDP2. ``ddp-optimizer`` and ``fsdp2-optimizer`` measure every step with
+``ddp_find_unused_parameters_true`` or FSDP2; ``ddp-freeze-cache`` caches the frozen front's outputs too (each
+rank its own samples). ``ddp-optimizer`` and ``fsdp2-optimizer`` measure every step with
 ``source="optimizer"`` (under FSDP2 from the optimizer's sharded state).
 
 Rank zero writes OUT_DIR/history.json and OUT_DIR/weights_<step>.pt (full weights in float64 at every measurement and
@@ -82,7 +84,7 @@ def main(strategy_name: str, out: Path) -> None:
     sharding.all_reduce_sum = counting
     torch.manual_seed(0)
     module = make_tiny_module()
-    freezing = strategy_name.endswith("-freeze")
+    freezing = "-freeze" in strategy_name
     if freezing:
 
         def configure_optimizers():
@@ -105,7 +107,9 @@ def main(strategy_name: str, out: Path) -> None:
         strategy = "ddp_find_unused_parameters_true" if freezing else "ddp"
     every_step = strategy_name.endswith("-optimizer")
     rwc = RelativeWeightChange(every_n_steps=1, source="optimizer") if every_step else RelativeWeightChange()
-    freezer = LayerFreezer(threshold=0.5, patience=1, warmup=1, max_fraction=1.0)
+    freezer = LayerFreezer(
+        threshold=0.5, patience=1, warmup=1, max_fraction=1.0, cache=strategy_name.endswith("-cache")
+    )
     # Monitoring an RWC key needs its value on every rank (under DDP only rank zero measures): a missing one fails.
     monitor = EarlyStopping(monitor="rwc/_all", mode="min", patience=100, check_on_train_epoch_end=True)
     trainer = Trainer(
@@ -136,6 +140,7 @@ def main(strategy_name: str, out: Path) -> None:
         "monitored": float(trainer.callback_metrics["rwc/_all"]),
         "frozen": freezer.frozen,
         "requires_grad": {name: p.requires_grad for name, p in module.named_parameters()},
+        "cache": [freezer.cache.hits, freezer.cache.misses] if freezer.cache is not None else None,
     }
     (out / f"collectives_{rank}.json").write_text(json.dumps(report))
     if trainer.is_global_zero:
