@@ -270,3 +270,26 @@ def token_loader(n: int = 64, length: int = 16) -> torch.utils.data.DataLoader:
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A float64 copy of all of ``t`` (a ``DTensor`` gathered from every rank)."""
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().double()
+
+
+def tiny_gpt2_classifier() -> nn.Module:
+    """GPT-2 of four layers of width 32 with a classification head, built from a config (nothing downloaded)."""
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=100, n_positions=16, pad_token_id=0)
+    return transformers.GPT2ForSequenceClassification(config)
+
+
+def tiny_bert_classifier() -> nn.Module:
+    """BERT of four layers of width 32 with a classification head, built from a config."""
+    import transformers
+
+    config = transformers.BertConfig(
+        num_hidden_layers=4,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
+    return transformers.BertForSequenceClassification(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import tiny_bert_classifier, tiny_gpt2_classifier
 from torch import nn
 
 from lightning_rwc import BlockFreezer, WeightChangeTracker
@@ -22,31 +23,14 @@ def stack() -> nn.Module:
     return nn.Sequential(*blocks, nn.Linear(12, 3))
 
 
-def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=100, n_positions=16, pad_token_id=0)
-    return transformers.GPT2ForSequenceClassification(config)
-
-
-def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        num_hidden_layers=4,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=16,
-    )
-    return transformers.BertForSequenceClassification(config)
-
-
 TOKENS, LABELS = torch.randint(1, 100, (24, 12), generator=torch.Generator().manual_seed(0)), torch.arange(24) % 2
 IMAGES, CLASSES = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 10
 MODELS = {  # build, inputs, targets, loss, blocks frozen
     "sequential": (stack, torch.randn(24, 12, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 3, 3),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), IMAGES, CLASSES, 3),
     "vgg11_bn": (lambda: torchvision.models.vgg11_bn(num_classes=10), IMAGES, CLASSES, 4),
-    "gpt2": (gpt2, TOKENS, LABELS, 3),
-    "bert": (bert, TOKENS, LABELS, 3),
+    "gpt2": (tiny_gpt2_classifier, TOKENS, LABELS, 3),
+    "bert": (tiny_bert_classifier, TOKENS, LABELS, 3),
 }
 
 

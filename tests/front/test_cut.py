@@ -6,28 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import tiny_bert_classifier, tiny_gpt2_classifier
 from torch import nn
 
 from lightning_rwc.front import SUPPORTED, CutError, cut
 
 transformers = pytest.importorskip("transformers")
-
-
-def gpt2():
-    config = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=100, n_positions=16, pad_token_id=0)
-    return transformers.GPT2ForSequenceClassification(config)
-
-
-def bert():
-    config = transformers.BertConfig(
-        num_hidden_layers=4,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=16,
-    )
-    return transformers.BertForSequenceClassification(config)
 
 
 IMAGES = torch.randn(3, 3, 32, 32)
@@ -40,8 +24,8 @@ CASES = {
     ),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), "net.layer2", IMAGES),
     "vgg11_bn": (lambda: torchvision.models.vgg11_bn(num_classes=10), "net.features.11", IMAGES),
-    "gpt2": (gpt2, "net.transformer.h.1", TOKENS),
-    "bert": (bert, "net.bert.encoder.layer.2", TOKENS),
+    "gpt2": (tiny_gpt2_classifier, "net.transformer.h.1", TOKENS),
+    "bert": (tiny_bert_classifier, "net.bert.encoder.layer.2", TOKENS),
 }
 
 
