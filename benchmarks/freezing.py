@@ -2,10 +2,14 @@
 
 ``python -m benchmarks.freezing [--seeds 3] [--accelerator gpu --full] [--out DIR]``
 
-Two settings, ResNet-18 adapted to small grey images (as in the demo):
+Three settings:
 
-- **fine-tuning**: pretrained on Fashion-MNIST's classes 0-4, then fine-tuned on classes 5-9 with a new head;
-- **from scratch**: trained on scikit-learn's digits.
+- **fine-tuning**: ResNet-18 adapted to small grey images (as in the demo), pretrained on Fashion-MNIST's classes
+  0-4, then fine-tuned on classes 5-9 with a new head;
+- **fine-tuning (BERT)**: a BERT of 4 layers of width 64 built from a config (nothing downloaded), reading
+  scikit-learn's digits as sequences of 64 pixel tokens, pretrained to tell the ten digits apart, then fine-tuned
+  with a new head on another task: whether the digit is odd;
+- **from scratch**: ResNet-18 trained on scikit-learn's digits.
 
 On the CPU (the default) Fashion-MNIST is average-pooled to 14 x 14 and subsets are used, so that everything runs
 in about 15 minutes on 2 cores; ``--full`` uses all images at 28 x 28 (for a GPU). Contenders, each run once per
@@ -17,14 +21,17 @@ seed, interleaved, on the same machine:
   learning-rate annealing);
 - ``AutoFreeze``: every quarter epoch, the change rate of each block's gradient norm over the interval is compared
   with the median rate of the blocks still training, and the front blocks below it freeze (after Liu et al., arXiv
-  2102.01386, which freezes front layers whose gradient-norm change rate falls below a percentile);
-- ``LayerFreezer``: :class:`lightning_rwc.LayerFreezer` with its defaults, fed by ``RelativeWeightChange`` every
-  quarter epoch.
+  2102.01386, which freezes front layers whose gradient-norm change rate falls below a percentile); the frozen
+  front's outputs are cached, as in that paper;
+- ``LayerFreezer``: :class:`lightning_rwc.LayerFreezer`, fed by ``RelativeWeightChange`` every quarter epoch, with
+  its defaults from scratch and, for fine-tuning (pretrained front blocks settle within the first epochs), with
+  ``warmup=1, patience=1, max_fraction=1.0`` (chosen by ``--sweep fast`` on seed 0: ``sweep-fast.md``);
+- ``LayerFreezer+cache``: the same with ``cache=True``.
 
-All of them freeze through :class:`lightning_rwc.BlockFreezer` (``requires_grad=False``, gradients dropped, batch
-norms in eval mode), on the same blocks; they differ only in when. Reported: training time (evaluation excluded),
-speed-up over ``none``, test accuracy (mean and spread over seeds), when each block froze, and a figure of accuracy
-against time.
+All of them freeze through :class:`lightning_rwc.BlockFreezer` (``requires_grad=False``, gradients dropped, frozen
+modules in eval mode), on the same blocks; they differ only in when, and in caching. Reported: training time
+(evaluation excluded), speed-up over ``none``, test accuracy (mean and spread over seeds), the cache's hit rate and
+size at the end, when each block froze, and a figure of accuracy against time.
 """
 
 from __future__ import annotations
@@ -49,17 +56,19 @@ from lightning_rwc.demo import (
     make_classifier,
     resnet18_for_small_grey_images,
 )
+from lightning_rwc.front import FrontCache
 from lightning_rwc.measure import select_parameters
 from lightning_rwc.parts import History, Loggers
 
-CONTENDERS = ("none", "FreezeOut", "AutoFreeze", "LayerFreezer")
+CONTENDERS = ("none", "FreezeOut", "AutoFreeze", "LayerFreezer", "LayerFreezer+cache")
+FINE_TUNING = {"warmup": 1, "patience": 1, "max_fraction": 1.0}  # from `--sweep fast` (sweep-fast.md)
 
 
 class Clock(Callback):
     """Training time without the evaluations, and the test accuracy at every epoch end."""
 
     def __init__(self, test: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.test, self.points, self.seconds, self._start = test, [], 0.0, 0.0
+        self.test, self.points, self.seconds, self._start, self.cached_bytes = test, [], 0.0, 0.0, 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -67,6 +76,8 @@ class Clock(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds += time.perf_counter() - self._start
         self.points.append((self.seconds, accuracy(pl_module.model, *self.test)))
+        caches = [cache_of(callback) for callback in trainer.callbacks]  # its size before it is let go at the end
+        self.cached_bytes = max([self.cached_bytes, *(cache.size for cache in caches if cache is not None)])
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -82,14 +93,33 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return hits / len(y)
 
 
-class ScheduledFreezer(Callback):
+class _Contender(Callback):
+    """A freezing rule of another method, acting through a BlockFreezer (with a cache, or not)."""
+
+    def __init__(self, cache: bool = False) -> None:
+        self.cache, self.freezer = cache, None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        names = [name for name, _ in select_parameters(pl_module)]  # LayerFreezer's blocks; its decisions unused
+        self.freezer = BlockFreezer(pl_module, names, cache=FrontCache() if self.cache else None)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.freezer.keep_eval()  # Lightning puts every module back in train mode at each epoch's start
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.freezer.cache is not None:
+            self.freezer.cache.detach()
+
+
+class ScheduledFreezer(_Contender):
     """FreezeOut's cubic schedule: block ``i`` freezes at ``t0 + (1 - t0) (i / (B - 1))^3`` of the training steps."""
 
     def __init__(self, t0: float = 0.5) -> None:
-        self.t0, self.freezer, self.times = t0, None, {}
+        super().__init__()
+        self.t0, self.times = t0, {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.freezer = _freezer(pl_module)
+        super().on_train_start(trainer, pl_module)
         blocks = [b for b in self.freezer.policy.blocks if b not in self.freezer.policy.keep]
         last = max(len(blocks) - 1, 1)
         self.times = {b: self.t0 + (1 - self.t0) * (i / last) ** 3 for i, b in enumerate(blocks)}
@@ -98,20 +128,21 @@ class ScheduledFreezer(Callback):
         progress = trainer.global_step / trainer.estimated_stepping_batches
         due = [b for b, t in self.times.items() if t <= progress and b not in self.freezer.policy.frozen]
         if due:
-            self.freezer.freeze(due)
             self.freezer.policy.frozen.update(dict.fromkeys(due, trainer.global_step))
+            self.freezer.freeze(due)
 
 
-class GradientNormFreezer(Callback):
+class GradientNormFreezer(_Contender):
     """AutoFreeze's criterion: front blocks whose gradient-norm change rate is below the median rate freeze."""
 
     def __init__(self, intervals_per_epoch: int = 4) -> None:
-        self.intervals_per_epoch, self.freezer = intervals_per_epoch, None
+        super().__init__(cache=True)
+        self.intervals_per_epoch = intervals_per_epoch
         self.squares: dict[str, float] = {}
         self.previous: dict[str, float] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.freezer = _freezer(pl_module)
+        super().on_train_start(trainer, pl_module)
         self.interval = max(trainer.num_training_batches // self.intervals_per_epoch, 1)
         owners = self.freezer._owners
         self.params = {b: [p for p in pl_module.parameters() if b in owners.get(id(p), ())] for b in self._open()}
@@ -139,17 +170,12 @@ class GradientNormFreezer(Callback):
             chosen.append(block)
         chosen = chosen[: max(self.freezer.policy.limit - len(self.freezer.policy.frozen), 0)]
         if chosen:
-            self.freezer.freeze(chosen)
             self.freezer.policy.frozen.update(dict.fromkeys(chosen, trainer.global_step))
+            self.freezer.freeze(chosen)
 
     def _open(self) -> list[str]:
         policy = self.freezer.policy
         return [b for b in policy.blocks if b not in policy.keep and b not in policy.frozen]
-
-
-def _freezer(pl_module: pl.LightningModule) -> BlockFreezer:
-    """A BlockFreezer over the same blocks as LayerFreezer's (its own decisions are not used)."""
-    return BlockFreezer(pl_module, [name for name, _ in select_parameters(pl_module)])
 
 
 def contender(name: str, steps_per_epoch: int, **settings: Any) -> tuple[list[Callback], Any]:
@@ -160,10 +186,10 @@ def contender(name: str, steps_per_epoch: int, **settings: Any) -> tuple[list[Ca
     if name == "AutoFreeze":
         gradients = GradientNormFreezer()
         return [gradients], gradients
-    if name == "LayerFreezer":
+    if name.startswith("LayerFreezer"):
         every = max(steps_per_epoch // 4, 1)
         rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=every, parts=[History(), Loggers()])
-        freezer = LayerFreezer(**settings)
+        freezer = LayerFreezer(**settings, cache=name.endswith("+cache"))
         return [rwc, freezer], freezer
     return [], None
 
@@ -174,6 +200,13 @@ def frozen_of(holder: Any) -> dict[str, int]:
     if isinstance(holder, LayerFreezer):
         return holder.frozen
     return dict(holder.freezer.policy.frozen) if holder.freezer is not None else {}
+
+
+def cache_of(holder: Any) -> FrontCache | None:
+    """The contender's front cache, if it has one."""
+    if isinstance(holder, LayerFreezer):
+        return holder.cache
+    return getattr(getattr(holder, "freezer", None), "cache", None)
 
 
 def run(
@@ -202,8 +235,16 @@ def run(
         enable_model_summary=False,
     )
     trainer.fit(module, loader)
-    frozen = frozen_of(holder)
-    return {"seconds": clock.seconds, "accuracy": clock.points[-1][1], "points": clock.points, "frozen": frozen}
+    cache = cache_of(holder)
+    seen = (cache.hits + cache.misses) if cache is not None else 0
+    return {
+        "seconds": clock.seconds,
+        "accuracy": clock.points[-1][1],
+        "points": clock.points,
+        "frozen": frozen_of(holder),
+        "hit_rate": cache.hits / seen if seen else None,
+        "cached_bytes": clock.cached_bytes,
+    }
 
 
 def tensors(arrays: tuple[np.ndarray, np.ndarray], pool: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +294,72 @@ def fine_tuning_module(weights: dict[str, torch.Tensor], lr: float) -> pl.Lightn
     return make_classifier(model, lr=lr, num_classes=5)
 
 
+class _Tokens(nn.Module):
+    """A BERT classifier that reads a batch of token ids and gives logits."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=tokens).logits
+
+
+def bert_classifier(classes: int) -> nn.Module:
+    """BERT of 4 layers of width 64 over a vocabulary of 17 grey levels and a leading class token."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.BertConfig(
+        num_hidden_layers=4,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=18,
+        max_position_embeddings=65,
+        num_labels=classes,
+    )
+    return _Tokens(transformers.BertForSequenceClassification(config))
+
+
+def digit_tokens(split: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits as 65 tokens: a class token (0), then each pixel's grey level (1-17)."""
+    x, y = split
+    pixels = torch.from_numpy(np.rint(x.reshape(len(x), -1) * 16)).long() + 1
+    return torch.cat([torch.zeros(len(x), 1, dtype=torch.long), pixels], dim=1), torch.from_numpy(y).long()
+
+
+def bert_data() -> tuple[dict, dict]:
+    """The ten digits (pretraining), and whether each digit is odd (fine-tuning), on the same images."""
+    arrays = load_digits_arrays()
+    first = {split: digit_tokens(arrays[split]) for split in ("train", "test")}
+    second = {split: (tokens, labels % 2) for split, (tokens, labels) in first.items()}
+    return first, second
+
+
+def adamw(module: pl.LightningModule, lr: float) -> pl.LightningModule:
+    """``module`` trained with AdamW (transformers learn little with SGD in a few epochs)."""
+    module.configure_optimizers = lambda: torch.optim.AdamW(module.parameters(), lr=lr)
+    return module
+
+
+def pretrained_bert(first: dict, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """BERT trained on the ten digits: the starting weights of every BERT fine-tuning run."""
+    pl.seed_everything(0, verbose=False)
+    module = adamw(make_classifier(bert_classifier(10), lr=args.bert_lr, num_classes=10), args.bert_lr)
+    result = run(module, "none", first, args.bert_pretrain_epochs, 32, 0, args.accelerator)
+    print(f"BERT pretrained on the ten digits: accuracy {result['accuracy']:.3f} in {result['seconds']:.0f} s")
+    return {k: v.clone() for k, v in module.model.state_dict().items()}
+
+
+def bert_module(weights: dict[str, torch.Tensor], lr: float) -> pl.LightningModule:
+    model = bert_classifier(10)
+    model.load_state_dict(weights)
+    model.bert.classifier = nn.Linear(model.bert.classifier.in_features, 2)  # a new head for the new task
+    model.bert.num_labels = 2
+    return adamw(make_classifier(model, lr=lr, num_classes=2), lr)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -266,9 +373,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--scratch-epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--settings", nargs="+", default=["fine-tuning", "from scratch"])
+    parser.add_argument("--bert-pretrain-epochs", type=int, default=20)
+    parser.add_argument("--bert-epochs", type=int, default=6)
+    parser.add_argument("--bert-lr", type=float, default=1e-3)
+    parser.add_argument("--settings", nargs="+", default=["fine-tuning", "fine-tuning (BERT)", "from scratch"])
     parser.add_argument("--out", default="benchmarks/results/freezing-cpu")
-    parser.add_argument("--sweep", action="store_true", help="fine-tuning, one seed: LayerFreezer's settings")
+    parser.add_argument(
+        "--sweep", nargs="?", const="defaults", choices=["defaults", "fast"], help="fine-tuning, one seed: settings"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,17 +390,24 @@ def main(argv: list[str] | None = None) -> Path:
         first, second = fine_tuning_data(args)
         weights = pretrained(first, args)
         report = _sweep(lambda: fine_tuning_module(weights, args.lr / 2), second, args)
-        (out / "sweep.md").write_text(report)
+        name = "sweep.md" if args.sweep == "defaults" else "sweep-fast.md"
+        (out / name).write_text(report)
         print(report)
-        return out / "sweep.md"
+        return out / name
     if "fine-tuning" in args.settings:
         first, second = fine_tuning_data(args)
         weights = pretrained(first, args)
-        results["fine-tuning"] = _compare(lambda: fine_tuning_module(weights, args.lr / 2), second, args.epochs, args)
+        build = lambda: fine_tuning_module(weights, args.lr / 2)  # noqa: E731
+        results["fine-tuning"] = _compare(build, second, args.epochs, args, FINE_TUNING)
+    if "fine-tuning (BERT)" in args.settings:
+        first, second = bert_data()
+        weights = pretrained_bert(first, args)
+        build = lambda: bert_module(weights, args.bert_lr / 2)  # noqa: E731
+        results["fine-tuning (BERT)"] = _compare(build, second, args.bert_epochs, args, FINE_TUNING, batch=32)
     if "from scratch" in args.settings:
         digits = scratch_data()
         build = lambda: make_classifier(resnet18_for_small_grey_images(), lr=args.lr)  # noqa: E731
-        results["from scratch"] = _compare(build, digits, args.scratch_epochs, args)
+        results["from scratch"] = _compare(build, digits, args.scratch_epochs, args, {})
     command = "python -m benchmarks.freezing " + " ".join(argv or [])
     report = _report(results, args, command.strip(), time.perf_counter() - start)
     (out / "report.md").write_text(report)
@@ -297,12 +416,15 @@ def main(argv: list[str] | None = None) -> Path:
     return out / "report.md"
 
 
-def _compare(build: Any, data: dict, epochs: int, args: argparse.Namespace) -> dict[str, list[dict]]:
+def _compare(
+    build: Any, data: dict, epochs: int, args: argparse.Namespace, settings: dict, batch: int | None = None
+) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
     for seed in range(args.seeds):
         for name in CONTENDERS:  # interleaved: drift of the machine hits every contender alike
             pl.seed_everything(seed, verbose=False)
-            result = run(build(), name, data, epochs, args.batch_size, seed, args.accelerator)
+            options = settings if name.startswith("LayerFreezer") else {}
+            result = run(build(), name, data, epochs, batch or args.batch_size, seed, args.accelerator, **options)
             runs[name].append(result)
             summary = f"{result['seconds']:.1f} s, accuracy {result['accuracy']:.3f}, {result['frozen']}"
             print(f"seed {seed} {name}: {summary}")
@@ -310,26 +432,34 @@ def _compare(build: Any, data: dict, epochs: int, args: argparse.Namespace) -> d
 
 
 SWEEP = [
-    {"threshold": threshold, "patience": patience, "warmup": warmup}
+    {"threshold": threshold, "patience": patience, "warmup": warmup, "max_fraction": 0.75}
     for threshold in (0.1, 0.2, 0.3, 0.5)
     for patience, warmup in ((2, 2), (3, 3))
+]
+FAST_SWEEP = [  # quicker decisions, for fine-tuning with the cache (``--sweep fast``)
+    {"threshold": threshold, "patience": 1, "warmup": 1, "max_fraction": fraction}
+    for fraction in (0.8, 1.0)
+    for threshold in (0.5, 0.7, 0.8)
 ]
 
 
 def _sweep(build: Any, data: dict, args: argparse.Namespace) -> str:
     """LayerFreezer's criterion at several settings against no freezing, on fine-tuning with seed 0."""
-    lines = ["| threshold | patience | warmup | time (s) | speed-up | test accuracy | blocks frozen (step) |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    fast = args.sweep == "fast"
+    grid, contender = (FAST_SWEEP, "LayerFreezer+cache") if fast else (SWEEP, "LayerFreezer")
+    lines = [f"Contender: {contender}.", ""]
+    lines += ["| threshold | patience | warmup | max_fraction | time (s) | speed-up | test accuracy | frozen (step) |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
     pl.seed_everything(0, verbose=False)
     base = run(build(), "none", data, args.epochs, args.batch_size, 0, args.accelerator)
-    lines.append(f"| none | | | {base['seconds']:.1f} | 1.00x | {100 * base['accuracy']:.2f} | - |")
-    for settings in SWEEP:
+    lines.append(f"| none | | | | {base['seconds']:.1f} | 1.00x | {100 * base['accuracy']:.2f} | - |")
+    for settings in grid:
         pl.seed_everything(0, verbose=False)
-        r = run(build(), "LayerFreezer", data, args.epochs, args.batch_size, 0, args.accelerator, **settings)
+        r = run(build(), contender, data, args.epochs, args.batch_size, 0, args.accelerator, **settings)
         frozen = ", ".join(f"{b} ({s})" for b, s in r["frozen"].items()) or "-"
         lines.append(
-            f"| {settings['threshold']} | {settings['patience']} | {settings['warmup']} | {r['seconds']:.1f} | "
-            f"{base['seconds'] / r['seconds']:.2f}x | {100 * r['accuracy']:.2f} | {frozen} |"
+            f"| {settings['threshold']} | {settings['patience']} | {settings['warmup']} | {settings['max_fraction']} "
+            f"| {r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | {100 * r['accuracy']:.2f} | {frozen} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -344,15 +474,19 @@ def _report(results: dict, args: argparse.Namespace, command: str, seconds: floa
     ]
     for setting, runs in results.items():
         base = statistics.mean(r["seconds"] for r in runs["none"])
-        lines += ["", f"## {setting}", "", "| contender | time (s) | speed-up | test accuracy | blocks frozen (step) |"]
-        lines += ["|---|---|---|---|---|"]
+        lines += ["", f"## {setting}", ""]
+        lines += ["| contender | time (s) | speed-up | test accuracy | cache hit rate | cached | frozen (step) |"]
+        lines += ["|---|---|---|---|---|---|---|"]
         for name, seeds in runs.items():
             times, accs = [r["seconds"] for r in seeds], [100 * r["accuracy"] for r in seeds]
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
             frozen = "; ".join(", ".join(f"{b} ({s})" for b, s in r["frozen"].items()) or "-" for r in seeds)
+            rates = [r["hit_rate"] for r in seeds if r["hit_rate"] is not None]
+            rate = f"{100 * statistics.mean(rates):.0f}%" if rates else "-"
+            held = max(r["cached_bytes"] for r in seeds)
             lines.append(
                 f"| {name} | {statistics.mean(times):.1f} | {base / statistics.mean(times):.2f}x | "
-                f"{statistics.mean(accs):.2f} ± {spread:.2f} | {frozen} |"
+                f"{statistics.mean(accs):.2f} ± {spread:.2f} | {rate} | {held / 2**20:.1f} MiB | {frozen} |"
             )
     return "\n".join(lines) + "\n"
 

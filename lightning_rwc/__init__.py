@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockFreezer",
     "ClusterResult",
+    "FrontCache",
     "LayerFreezer",
     "MeasureSettings",
     "RWCHistory",
@@ -39,6 +40,7 @@ __all__ = [
 _SOURCES = {
     "BlockFreezer": "lightning_rwc.freezing",
     "ClusterResult": "lightning_rwc.clustering",
+    "FrontCache": "lightning_rwc.front",
     "LayerFreezer": "lightning_rwc.layer_freezer",
     "MeasureSettings": "lightning_rwc.measure",
     "RWCHistory": "lightning_rwc.history",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from lightning_rwc.callback import RelativeWeightChange
     from lightning_rwc.clustering import ClusterResult, cluster_layers
     from lightning_rwc.freezing import BlockFreezer
+    from lightning_rwc.front import FrontCache
     from lightning_rwc.history import RWCHistory
     from lightning_rwc.layer_freezer import LayerFreezer
     from lightning_rwc.measure import MeasureSettings, WeightChangeTracker, relative_weight_change

@@ -112,6 +112,7 @@ class LayerFreezer(Callback, Part):
         """The frozen front's outputs (``None`` without ``cache``)."""
         self._counted = (0, 0)  # the cache's hits and misses at the last measurement
         self._epoch_counts: tuple[int, int, str | None] | None = None  # and at the start of the epoch, with its cut
+        self._cut_before: str | None = None  # the cut at the start of the epoch before
         self.freezer: BlockFreezer | None = None
         self._rwc: RelativeWeightChange | None = None
         self._pending: dict[str, Any] | None = None
@@ -164,15 +165,15 @@ class LayerFreezer(Callback, Part):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.cache is not None:
-            cut = self.cache.path if len(self.cache.store) else None
-            self._epoch_counts = (self.cache.hits, self.cache.misses, cut)
+        if self.cache is not None:  # an epoch that begins with the cut of the epoch before: every sample seen once
+            whole = self.cache.path if self.cache.path == self._cut_before else None
+            self._epoch_counts, self._cut_before = (self.cache.hits, self.cache.misses, whole), self.cache.path
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         cache, start = self.cache, self._epoch_counts
         if cache is None or start is None or start[2] is None or start[2] != cache.path:
-            return  # no cache, or one that was empty or cut elsewhere when the epoch began: not yet a fair test
+            return  # no cache, or one that has not yet seen a whole epoch with this cut: not yet a fair test
         hits, misses = cache.hits - start[0], cache.misses - start[1]
         if hits + misses and hits < 0.5 * (hits + misses):
             self._rwc.warn(
@@ -205,7 +206,7 @@ class LayerFreezer(Callback, Part):
             self._counted = (self.cache.hits, self.cache.misses)
             if hits + misses:
                 record.extra[f"{head}/cache_hit_rate"] = hits / (hits + misses)
-            record.extra[f"{head}/cache_bytes"] = float(self.cache.bytes)
+            record.extra[f"{head}/cache_bytes"] = float(self.cache.size)
         record.extra |= {f"{head}/{block}": 1.0 for block in chosen}
         if chosen:
             verb = "Froze" if self.mode == "freeze" else "Would freeze"

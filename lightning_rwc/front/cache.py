@@ -4,8 +4,8 @@ While a model trains with a frozen front (a prefix of its blocks frozen and in e
 given input never changes. :class:`FrontCache` cuts the model after that front (:mod:`lightning_rwc.front.cut`),
 puts its own forward in place of the forward of the module it cut, and for each batch computes the front only for
 the samples it has not seen, takes the others from its store (:mod:`lightning_rwc.front.store`), and runs the rest of
-the forward on them all. In eval mode (validation, testing) and for calls it cannot key (a batch without tensors),
-the module's own forward runs.
+the forward on them all. While the model is in eval mode (validation, testing) and for calls it cannot key (a batch
+without tensors), the module's own forward runs.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class FrontCache:
         self._like: tuple[torch.device, torch.dtype] | None = None  # where and in what the front's output lives
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
         """Bytes of outputs held, in memory and in memory-mapped files."""
-        return self.store.bytes + self.store.spilled
+        return self.store.in_memory + self.store.spilled
 
     def attach(self, model: nn.Module, path: str, warn: WarnOnce | None = None) -> bool:
         """Cache the front of ``model`` up to and including the module at ``path``; forget what an earlier cut kept.
@@ -105,7 +105,7 @@ class FrontCache:
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
         halves = self._cut
         batch = _batch_size(args, kwargs)
-        if not halves.root.training or batch is None:
+        if not self._model.training or batch is None:  # the model's mode: the cut module may be all frozen, in eval
             return type(halves.root).forward(halves.root, *args, **kwargs)
         keys = fingerprints([*args, *kwargs.values()], batch)
         hit, stored = self.store.get(keys)

@@ -28,6 +28,7 @@ SUPPORTED = (
     "(torchvision's ResNet and VGG), and stacks of transformer layers in an nn.ModuleList (Hugging Face's GPT-2 and "
     "BERT)"
 )
+"""The models whose frozen front can be cut off and cached, in words (for messages)."""
 
 
 class CutError(ValueError):

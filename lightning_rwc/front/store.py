@@ -66,7 +66,7 @@ class ActivationStore:
         >>> store = ActivationStore(max_bytes=1024)
         >>> store.put([b"a", b"b"], torch.ones(2, 3))
         >>> hit, values = store.get([b"b", b"c"])
-        >>> hit, values.tolist(), store.bytes
+        >>> hit, values.tolist(), store.in_memory
         ([True, False], [[1.0, 1.0, 1.0]], 24)
     """
 
@@ -77,7 +77,7 @@ class ActivationStore:
         self._values: dict[bytes, Tensor] = {}
         self._slabs: list[tuple[Path, np.memmap]] = []
         self._free = 0  # rows left in the last slab
-        self.bytes = 0
+        self.in_memory = 0
         """Bytes held in memory."""
         self.spilled = 0
         """Bytes held in memory-mapped files."""
@@ -99,9 +99,9 @@ class ActivationStore:
             if key in self._values:
                 continue
             size = output.numel() * output.element_size()
-            if self.bytes + size <= self.max_bytes:
+            if self.in_memory + size <= self.max_bytes:
                 self._values[key] = output.clone()
-                self.bytes += size
+                self.in_memory += size
             elif self.folder is not None:
                 self._values[key] = self._spill(output)
                 self.spilled += size
@@ -113,7 +113,7 @@ class ActivationStore:
         self._values.clear()
         for path, _ in self._slabs:
             path.unlink(missing_ok=True)
-        self._slabs, self._free, self.bytes, self.spilled, self.full = [], 0, 0, 0, False
+        self._slabs, self._free, self.in_memory, self.spilled, self.full = [], 0, 0, 0, False
 
     def _spill(self, output: Tensor) -> Tensor:
         """``output`` copied into the next free row of a memory-mapped file (a new file when the last one is full)."""

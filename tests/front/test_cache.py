@@ -123,7 +123,7 @@ def test_inputs_that_change_every_time_always_miss():
 def test_the_budget_is_respected():
     cache = FrontCache(max_bytes=10 * 12 * 4)  # ten samples' outputs
     train("sequential", cache)
-    assert cache.bytes <= 10 * 12 * 4 and len(cache.store) == 10 and cache.store.full
+    assert cache.size <= 10 * 12 * 4 and len(cache.store) == 10 and cache.store.full
 
 
 def test_bad_settings_are_rejected():
@@ -131,3 +131,17 @@ def test_bad_settings_are_rejected():
         FrontCache(max_bytes=-1)
     with pytest.raises(ValueError, match="dtype must be None or a floating-point torch.dtype"):
         FrontCache(dtype=torch.int8)
+
+
+def test_a_cut_module_that_is_all_frozen_is_cached_while_the_model_trains():
+    torch.manual_seed(0)
+    model = nn.Sequential(stack()[:4], nn.Linear(12, 3))  # the cut module, all of it frozen, then a head
+    model[0].requires_grad_(False)
+    model[0].eval()
+    cache = FrontCache()
+    assert cache.attach(model, "0.3")
+    model[1].train()
+    x = torch.randn(6, 12)
+    model(x)
+    model(x)
+    assert (cache.hits, cache.misses) == (6, 6)

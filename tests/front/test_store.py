@@ -23,7 +23,7 @@ def test_the_budget_is_never_exceeded_and_what_does_not_fit_is_left_out():
     store = ActivationStore(max_bytes=10 * 4 * 6)  # ten outputs of six float32
     keys = [bytes([i]) for i in range(25)]
     store.put(keys, torch.arange(25 * 6, dtype=torch.float32).view(25, 6))
-    assert store.bytes <= store.max_bytes and len(store) == 10 and store.full
+    assert store.in_memory <= store.max_bytes and len(store) == 10 and store.full
     hit, values = store.get(keys[8:12])
     assert hit == [True, True, False, False]
     assert torch.equal(values, torch.arange(8 * 6, 10 * 6, dtype=torch.float32).view(2, 6))
@@ -34,7 +34,7 @@ def test_beyond_the_budget_outputs_spill_to_memory_mapped_files_removed_on_clear
     store = ActivationStore(max_bytes=2 * 4 * 6, folder=tmp_path / "spill")
     outputs = torch.randn(11, 6)
     store.put([bytes([i]) for i in range(11)], outputs)
-    assert store.bytes == 2 * 4 * 6 and store.spilled == 9 * 4 * 6 and not store.full
+    assert store.in_memory == 2 * 4 * 6 and store.spilled == 9 * 4 * 6 and not store.full
     assert len(list((tmp_path / "spill").iterdir())) == 3
     hit, values = store.get([bytes([i]) for i in range(11)])
     assert all(hit) and torch.equal(values, outputs)
@@ -47,5 +47,5 @@ def test_a_lower_precision_keeps_half_the_bytes_within_its_stated_error():
     outputs = torch.randn(8, 100)
     store.put([bytes([i]) for i in range(8)], outputs)
     _, values = store.get([bytes([i]) for i in range(8)])
-    assert store.bytes == 8 * 100 * 2 and values.dtype == torch.float16
+    assert store.in_memory == 8 * 100 * 2 and values.dtype == torch.float16
     assert ((values.float() - outputs).abs() <= outputs.abs() * 2**-11 + 2**-24).all()
