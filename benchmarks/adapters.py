@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.tables import cpu_name, publish, table
-from benchmarks.timing import interleaved
+from benchmarks.timing import interleaved, peak_extra
 from lightning_rwc import WeightChangeTracker
 from lightning_rwc.measure.functional import element_sums, ratios
 
@@ -87,16 +87,6 @@ def bench(model: nn.Module, device: torch.device, repeats: int) -> list[dict]:
             row |= {f"{name}: peak extra (MiB)": peak_extra(fn, device) for name, fn in contenders.items()}
         rows.append(row)
     return rows
-
-
-def peak_extra(fn, device: torch.device) -> float:
-    """MiB that one call of ``fn`` allocates at its peak above what was allocated before."""
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def main() -> None:

@@ -24,13 +24,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
 import torch
 
 from benchmarks.gpt import GPT, SIZES, Size
 from benchmarks.tables import cpu_name, publish, table
-from benchmarks.timing import interleaved
+from benchmarks.timing import interleaved, peak_extra
 from lightning_rwc import WeightChangeTracker
 
 CPU_SIZE = Size(layers=14, width=768, heads=12, vocab=8192, context=64, batch=2)  # about 100 M parameters
@@ -62,27 +61,6 @@ def copy_of_weights(size: Size, device: torch.device, dtype: torch.dtype) -> Cal
     weights = [p.detach() for p in GPT(size).to(device, dtype).parameters() if p.dim() > 1]
     buffers = [torch.empty_like(w) for w in weights]
     return lambda: torch._foreach_copy_(buffers, weights)
-
-
-def peak_extra(fn: Callable[[], object], device: torch.device) -> float:
-    """MiB that one call of ``fn`` allocates at its peak above what was in use before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
-    before = _status("VmRSS")
-    fn()
-    return (_status("VmHWM") - before) / 2**20
-
-
-def _status(field: str) -> int:
-    """A memory figure of this process from ``/proc/self/status``, in bytes."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024
 
 
 def bench(size: Size, device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Timing contenders side by side: one call, and medians of rounds in shuffled order."""
+"""Timing contenders side by side (one call, and medians of rounds in shuffled order), and the peak memory of a call."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -41,3 +42,24 @@ def interleaved(contenders: dict[str, Callable[[], object]], device: torch.devic
         for name in order:
             times[name].append(time_once(contenders[name], device))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_extra(fn: Callable[[], object], device: torch.device) -> float:
+    """MiB that one call of ``fn`` allocates at its peak above what was in use before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
+    before = _status("VmRSS")
+    fn()
+    return (_status("VmHWM") - before) / 2**20
+
+
+def _status(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status``, in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024
