@@ -1,7 +1,7 @@
-"""The RWC dashboard on a long, deep run: 1,000 layers x 10,000 measurements (values file).
+"""The RWC dashboard on a long, deep run: 1,000 layers x 10,000 measurements, in a values file or in event files.
 
-- the ``run`` route of the plugin in this process, through TensorBoard's data provider: the first answer (reading
-  the values file) and warm ones, and the bytes sent;
+- the ``run`` route of the plugin in this process: the first answer (reading the values file, or the event files)
+  and warm ones, the bytes sent, and what the tab keeps between requests after 40 widths were asked for;
 - the page in headless Chromium (Debian's ``chromium`` and ``chromium-driver``) against a real ``tensorboard``:
   the time from asking to having the data, and the time to draw the heatmap once the data are there.
 
@@ -23,26 +23,36 @@ import numpy as np
 from benchmarks.tables import cpu_name, publish, table
 
 
-def write_run(run: Path, layers: int, measurements: int) -> None:
-    """A run with a values file of planted curves and the small event file that makes TensorBoard list it."""
+def write_run(run: Path, layers: int, measurements: int, values_file: bool = True) -> None:
+    """A run of planted curves, in a values file or in event files only (one event per measurement, as logged).
+
+    A values file comes with the small event file that makes TensorBoard list the run.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
+    from lightning_rwc.tensorboard import use_fast_checksums, write_scalars
     from lightning_rwc.values_file import ValuesWriter
 
+    use_fast_checksums()
     rng = np.random.default_rng(0)
     names = [f"h.{i // 10}.layer{i % 10}.weight" for i in range(layers)]
     base, decay = rng.lognormal(-5, 1, layers), rng.uniform(0.1, 1.0, layers)
-    writer = ValuesWriter(run / "rwc_values")
+    writer = ValuesWriter(run / "rwc_values") if values_file else None
+    events = SummaryWriter(str(run), max_queue=1000, flush_secs=3600)
     for step in range(1, measurements + 1):
-        values = base * step**-decay * rng.lognormal(0, 0.1, layers)
-        writer.append(step, step // 1000, dict(zip(names, values.tolist(), strict=True)) | {"_all": 1e-3})
-    writer.close()
-    events = SummaryWriter(str(run))
-    events.add_scalar("rwc/_all", 1e-3, measurements)
+        values = dict(zip(names, (base * step**-decay * rng.lognormal(0, 0.1, layers)).tolist(), strict=True))
+        if writer is not None:
+            writer.append(step, step // 1000, values | {"_all": 1e-3})
+        else:
+            tags = {f"rwc/{name}": value for name, value in values.items()} | {"rwc/_all": 1e-3}
+            write_scalars(events, tags | {"epoch": step // 1000}, step)  # as Lightning logs them: one event
+    if writer is not None:
+        writer.close()
+        events.add_scalar("rwc/_all", 1e-3, measurements)
     events.close()
 
 
-def bench_route(logdir: Path, repeats: int) -> list[dict]:
+def bench_route(logdir: Path, repeats: int, runs: tuple[str, ...]) -> list[dict]:
     from werkzeug.test import Client
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,18 +61,19 @@ def bench_route(logdir: Path, repeats: int) -> list[dict]:
     plugin = make_plugin(logdir)
     route = Client(plugin.get_plugin_apps()["/run"])
     rows = []
-    for columns in (1000, 2000):
-        times = []
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            body = route.get("/run", query_string={"run": "long", "columns": str(columns)}).get_data()
-            times.append(time.perf_counter() - start)
-        row = {
-            "columns asked": columns,
-            "first answer s": times[0],
-            "warm answer s (<= 0.5)": statistics.median(times[1:]),
-        }
-        rows.append(row | {"MB sent (<= 8)": len(body) / 1e6})
+    for run in runs:
+        for columns in (1000, 2000):
+            times = []
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                body = route.get("/run", query_string={"run": run, "columns": str(columns)}).get_data()
+                times.append(time.perf_counter() - start)
+            row = {"run": run, "columns asked": columns, "first answer s": times[0]}
+            row |= {"warm answer s (<= 0.5)": statistics.median(times[1:])}
+            rows.append(row | {"MB sent (<= 8)": len(body) / 1e6})
+        for columns in range(1000, 5000, 100):  # 40 widths: what the tab keeps stays within its bound
+            route.get("/run", query_string={"run": run, "columns": str(columns)})
+        rows[-1]["MB kept after 40 widths"] = plugin.cache.nbytes / 1e6
     return rows
 
 
@@ -70,7 +81,7 @@ def bench_page(logdir: Path, runs: tuple[str, ...] = ("long",)) -> list[dict]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
     from screenshots import browser, show_a_layer, tensorboard
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     rows = []
     with tensorboard(logdir, "rwc") as base:
@@ -83,13 +94,18 @@ def bench_page(logdir: Path, runs: tuple[str, ...] = ("long",)) -> list[dict]:
                     driver.refresh()
                 elif run != runs[0]:
                     driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "iframe"))
-                    Select(driver.find_element(By.ID, "rwc-run")).select_by_value(run)
+                    picker = driver.find_element(By.ID, "rwc-run")  # listed once TensorBoard has read its tags
+                    WebDriverWait(driver, 300).until(
+                        lambda d, run=run: d.find_elements(By.CSS_SELECTOR, f"#rwc-run option[value='{run}']")
+                    )
+                    Select(picker).select_by_value(run)
                     driver.switch_to.default_content()
                     time.sleep(2)
                 layers = show_a_layer(driver, settle=3, click=False)
                 panel = driver.find_element(By.CSS_SELECTOR, "section.rwc-panel")
                 heatmap = driver.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap")
-                row = {"run": run, "page": visit, "rows": layers, "columns": int(heatmap.get_attribute("data-columns"))}
+                shown = panel.get_attribute("data-run")
+                row = {"run": shown, "page": visit, "rows": layers, "columns": int(heatmap.get_attribute("data-columns"))}
                 row |= {"data s (asked to arrived)": float(panel.get_attribute("data-fetch-ms")) / 1e3}
                 row |= {"heatmap drawn s (<= 1)": float(heatmap.get_attribute("data-draw-ms")) / 1e3}
                 rows.append(row | {"MB sent (<= 8)": int(panel.get_attribute("data-bytes")) / 1e6})
@@ -109,19 +125,20 @@ def main() -> None:
         logdir = Path(folder)
         start = time.perf_counter()
         write_run(logdir / "long", layers, measurements)
+        write_run(logdir / "events", layers, measurements, values_file=False)
         if not args.smoke:
             write_run(logdir / "wide", 10_000, 1000)
         sections = [
             f"# The RWC dashboard, {date.today().isoformat()}",
-            f"CPU: {cpu_name()}. A run of {layers} layers x {measurements} measurements in a values file "
-            f"(written in {time.perf_counter() - start:.1f} s). Command: `python -m benchmarks.dashboard "
-            f"{' '.join(sys.argv[1:])}`.",
-            "## The run route, in process (TensorBoard's data provider)",
-            table(bench_route(logdir, 2 if args.smoke else 5)),
+            f"CPU: {cpu_name()}. A run of {layers} layers x {measurements} measurements in a values file (long), the "
+            f"same in event files only (events), written in {time.perf_counter() - start:.1f} s. Command: "
+            f"`python -m benchmarks.dashboard {' '.join(sys.argv[1:])}`.",
+            "## The run route, in process (the tab reads the files itself; 1 GiB kept at most by default)",
+            table(bench_route(logdir, 2 if args.smoke else 5, ("long", "events"))),
         ]
         if not args.smoke:
             title = "## The page in headless Chromium, against tensorboard (wide: 10,000 layers x 1,000 measurements)"
-            sections += [title, table(bench_page(logdir, ("long", "wide")))]
+            sections += [title, table(bench_page(logdir, ("long", "events", "wide")))]
     publish(sections, args.out)
 
 

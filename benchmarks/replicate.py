@@ -11,7 +11,10 @@ Findings checked (Agrawal et al., arXiv 2011.06735):
 1. RWC falls over training.
 2. RWC generally rises from early to later layers.
 3. On the simple tasks, the last block changes less than the middle blocks.
-4. Overall RWC is lower on the simpler data set.
+4. Overall RWC is lower on the simpler data set, and (as the paper's abstract puts it) task complexity shows in the
+   deeper layers: the two data sets differ more in the last feature block than in the first.
+
+A run whose test accuracy stays below twice chance did not learn: it is flagged, and its findings are left out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ import numpy as np
 from lightning_rwc.files import write_json
 
 PAPER_FASHION_ACCURACY = {"resnet18": 0.92, "vgg_bn": 0.916, "alexnet": 0.895}
+CLASSES = 10
+LEARNED = 2 / CLASSES
+"""The least test accuracy of a run whose findings count: twice chance."""
+FINDING_2 = """**Finding 2, outcome** (`benchmarks/results/depth-study/report.md`): whether RWC rises or falls with
+depth is set by the optimizer, through the layers' widths, not by depth. With SGD (as here) the trend is negative in
+networks whose width doubles per stage, as ResNet-18's and VGG's do (the study: -0.45 to -0.83), and mostly goes with
+equal widths (-0.09); with AdamW it is positive (+1.00, +0.46), because Adam's first step moves every weight by the
+learning rate, so that a layer's first RWC is `2 lr sqrt(fan_in)` in the l1 norm measured here (`lr sqrt(3 fan_in)`
+in l2, which the study measured within 2%). Batch norm and weight decay change the size of the trend, not its sign.
+AlexNet's widths do not double from layer to layer."""
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 BLOCKS = 4
 
@@ -151,18 +164,32 @@ def block_means(values: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
     return np.array([np.nanmean(values[g], axis=0) for g in groups])
 
 
+def learned(seeds: list[dict]) -> bool:
+    """Whether a model's runs learned: mean test accuracy at least :data:`LEARNED` (twice chance)."""
+    return float(np.mean([r["accuracy"] for r in seeds])) >= LEARNED
+
+
 def findings(runs: dict[tuple[str, str], list[dict]]) -> list[str]:
-    """One line per finding and run, with the numbers that decide it."""
+    """One line per finding and run that learned, with the numbers that decide it; one per run left out."""
     from scipy.stats import spearmanr
 
     lines = []
     mean_all: dict[tuple[str, str], float] = {}
+    block_all: dict[tuple[str, str], np.ndarray] = {}
     for (model, dataset), seeds in runs.items():
+        if not learned(seeds):
+            accuracy = np.mean([r["accuracy"] for r in seeds])
+            lines.append(
+                f"{model} on {dataset}: **left out**: test accuracy {accuracy:.3f}, below twice chance "
+                f"({LEARNED:.2f}): it did not learn, so its weight changes say nothing of learning"
+            )
+            continue
         all_values = np.nanmean([r["history"].values for r in seeds], axis=0)
         features, head = feature_rows(seeds[0]["history"].layers)
         values = all_values[features]
         total = np.nanmean([r["history"].total for r in seeds], axis=0)
         blocks = block_means(values)
+        block_all[model, dataset] = blocks.mean(axis=1)
         head_mean = float(np.nanmean(all_values[head])) if head else float("nan")
         mean_all[model, dataset] = float(np.mean(total))
         rho_time = spearmanr(np.arange(total.size), total).statistic
@@ -191,6 +218,14 @@ def findings(runs: dict[tuple[str, str], list[dict]]) -> list[str]:
                 f"4. {model}: overall RWC lower on the simpler data set (digits): "
                 f"**{'held' if simple < harder else 'did not hold'}** (mean all-weights RWC digits {simple:.4f}, "
                 f"Fashion-MNIST {harder:.4f})"
+            )
+            ratios = block_all[model, "fashion-mnist"] / block_all[model, "digits"]
+            lines.append(
+                f"4. {model}: task complexity shows in the deeper layers (the data sets differ more in the last "
+                f"feature block than in the first): **{'held' if ratios[-1] > ratios[0] else 'did not hold'}** "
+                "(RWC on Fashion-MNIST over RWC on digits, block by block: "
+                + ", ".join(f"{r:.2f}x" for r in ratios)
+                + ")"
             )
     return lines
 
@@ -237,9 +272,13 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, co
         "",
         "## Findings",
         "",
+        FINDING_2,
+        "",
         *[f"- {line}" for line in findings(runs)],
         "",
         "## Test accuracy",
+        "",
+        f"Runs below {LEARNED:.2f} (twice chance) did not learn: flagged, and left out of the findings.",
         "",
         "| model | data set | accuracy (mean over seeds) | paper (Fashion-MNIST, 150 epochs) | minutes |",
         "|---|---|---|---|---|",
@@ -248,7 +287,8 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, co
         paper = PAPER_FASHION_ACCURACY[model] if dataset == "fashion-mnist" else ""
         acc = np.mean([r["accuracy"] for r in seeds])
         minutes = sum(r["seconds"] for r in seeds) / 60
-        lines.append(f"| {model} | {dataset} | {acc:.3f} | {paper} | {minutes:.1f} |")
+        flag = "" if learned(seeds) else " (did not learn)"
+        lines.append(f"| {model} | {dataset} | {acc:.3f}{flag} | {paper} | {minutes:.1f} |")
     lines += ["", f"## Clusters ({args.cluster_method}, first seed)", ""]
     for (model, dataset), seeds in runs.items():
         try:

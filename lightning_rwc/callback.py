@@ -38,6 +38,11 @@ NO_MEASUREMENT = (
     "RelativeWeightChange took no measurement: training ended at step {} (epoch {}), before the first one ({}). "
     "Train longer, or measure more often (every_n_steps)."
 )
+UNEVEN = (
+    "RelativeWeightChange: measurements cover different numbers of optimizer steps ({} and {}){}. RWC grows with the "
+    "steps it covers, so values of different intervals are not comparable: the RWC tab shows each one's interval "
+    "and the clustering divides by it. For equal intervals, set one schedule."
+)
 Scalars = dict[str, float]
 STATE_VERSION = 3  # 3: parts' states under "parts"; 2: the history at the top, as tensors; 1: as lists
 
@@ -58,7 +63,8 @@ class RelativeWeightChange(Callback):
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
-        every_n_steps: measure after every n-th optimizer step; ``None`` to measure by epochs only.
+        every_n_steps: measure every n optimizer steps (see :class:`~lightning_rwc.schedule.Schedule`); ``None`` to
+            measure by epochs only.
         norm: ``"l1"`` (the paper's formula), ``"l2"`` or ``"elementwise"`` (the original code's).
         params: ``"weights"`` (trainable tensors with more than one dimension) or ``"trainable"`` (all trainable).
         include: regular expressions; only parameters whose name matches one are tracked.
@@ -102,6 +108,7 @@ class RelativeWeightChange(Callback):
         self.parts: list[Part] = default_parts() if parts is None else check_parts(parts)
         self._tracker: WeightChangeTracker | None = None
         self._last_step = self._current_step = -1
+        self._intervals: tuple[int | None, int | None] = (None, None)  # the first measurement's, an odd one since
         self._pending_snapshot: dict[str, torch.Tensor] | None = None
         self._pending = Pending()  # taken, not yet handed to the parts
         self._measured = False  # whether a measurement reached the parts in this process
@@ -210,6 +217,7 @@ class RelativeWeightChange(Callback):
 
     def _start(self, trainer: pl.Trainer) -> None:
         """Launch a measurement (this rank's part of it); its values are collected when they have arrived."""
+        self._check_interval(trainer.global_step - max(self._last_step, 0))
         self._last_step = trainer.global_step
         if self._tracker is None and not self._share:
             return
@@ -218,6 +226,17 @@ class RelativeWeightChange(Callback):
             shared = trainer.strategy.broadcast((measurement.values(), *measurement.sums()), src=0)
             measurement = Measurement.of(*shared)
         self._pending.add(trainer.global_step, trainer.current_epoch, measurement)
+
+    def _check_interval(self, interval: int) -> None:
+        """Warn once when a measurement other than the last covered another number of steps than the first."""
+        first, odd = self._intervals
+        if odd is not None:  # a measurement came after the odd one: not a run that merely ended mid-interval
+            both = self.schedule.every_n_epochs is not None and self.schedule.every_n_steps is not None
+            self.warn(
+                "intervals",
+                UNEVEN.format(first, odd, ": an epoch's end falls between step measurements" if both else ""),
+            )
+        self._intervals = (first or interval, interval if first is not None and interval != first else None)
 
     def _hand_over(self, trainer: pl.Trainer, wait: bool) -> None:
         """Hand each collected measurement to every part, in order, then log what they made of it."""

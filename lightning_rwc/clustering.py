@@ -171,6 +171,7 @@ def cluster_layers(
     explained_variance: float = 0.9,
     seed: int = 0,
     previous: ClusterResult | None = None,
+    per_step: bool | None = None,
 ) -> ClusterResult:
     """Cluster the layers of ``history`` by their RWC curves.
 
@@ -190,9 +191,13 @@ def cluster_layers(
         seed: random seed (k-means, UMAP, silhouette sampling); the result is deterministic for a given seed.
         previous: an earlier result; clusters keep the ids of its clusters they share most members with (see
             :func:`match_labels`).
+        per_step: cluster each value divided by the optimizer steps it covers
+            (:meth:`~lightning_rwc.history.RWCHistory.intervals`), so that measurements of different intervals
+            compare; ``None``: where the run's intervals differ (``params["per_step"]`` says which was used).
 
     Raises:
-        ValueError: for an unknown option, fewer than two measurements, or fewer than three usable layers.
+        ValueError: for an unknown option, fewer than two measurements, fewer than three usable layers, or
+            ``per_step=True`` for a history that cannot say its intervals.
 
     Example::
 
@@ -218,7 +223,8 @@ def cluster_layers(
             "Train for more epochs (or measure every_n_steps)."
         )
     all_layers = history.layers
-    curves, kept, excluded, imputed = prepare_curves(history.values, all_layers)
+    values, per_step = _per_step(history, per_step)
+    curves, kept, excluded, imputed = prepare_curves(values, all_layers)
     if len(kept) < 3:
         raise ValueError(
             f"Clustering needs at least 3 layers with 2 or more finite values; {len(kept)} of {len(all_layers)} "
@@ -251,7 +257,7 @@ def cluster_layers(
         floor = max(previous.next_id, max(previous.labels.values(), default=-1) + 1)
         labels = match_labels(names, labels, previous.labels, floor)
         next_id = max(floor, int(labels.max(initial=-1)) + 1)
-    raw = np.where(np.isfinite(history.values[kept]), history.values[kept], np.nan)
+    raw = np.where(np.isfinite(values[kept]), values[kept], np.nan)
     return ClusterResult(
         layers=names,
         steps=history.steps,
@@ -270,10 +276,25 @@ def cluster_layers(
             "method": method,
             "n_components": int(embedding.shape[1]),
             "seed": seed,
+            "per_step": per_step,
             **params_extra,
         },
         next_id=next_id,
     )
+
+
+def _per_step(history: RWCHistory, per_step: bool | None) -> tuple[np.ndarray, bool]:
+    """The values to cluster (per optimizer step where asked, or where the intervals differ) and whether per step."""
+    intervals = history.intervals()
+    known = intervals is not None and bool((intervals > 0).all())
+    if per_step is None:
+        per_step = known and len(set(intervals.tolist())) > 1
+    if per_step and not known:
+        raise ValueError(
+            "per_step=True needs each measurement's interval, which this history cannot say (a bounded history "
+            "that dropped measurements): read the run's logs with load_history, or pass per_step=False"
+        )
+    return (history.values / intervals if per_step else history.values), per_step
 
 
 def elbow_k(embedding: np.ndarray, k_max: int = 8, seed: int = 0) -> tuple[int, list[float]]:

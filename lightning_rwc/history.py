@@ -125,6 +125,21 @@ class RWCHistory:
         self._columns, self._total = self._columns[which], self._total[which]
         self._matrix = None
 
+    def intervals(self) -> np.ndarray | None:
+        """The optimizer steps each measurement covers: its step less the one before (the first's: from step 0).
+
+        ``None`` for a bounded history that has dropped measurements (its steps are further apart than the
+        intervals the values cover).
+
+        Example::
+
+            >>> RWCHistory.from_arrays(["fc.weight"], [4, 6, 10, 12], np.ones((1, 4))).intervals().tolist()
+            [4, 2, 4, 2]
+        """
+        if self.stride > 1 or self.appended != len(self._steps):
+            return None
+        return np.diff(np.asarray(self._steps, dtype=np.int64), prepend=0)
+
     def curve(self, layer: str) -> np.ndarray:
         """The values of one layer over all measurements."""
         if layer not in self._layers:

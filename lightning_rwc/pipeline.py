@@ -11,6 +11,7 @@ from lightning_rwc.keys import CLUSTER_JSON, CLUSTER_RUN_DIR, DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from lightning_rwc.clustering import ClusterResult
+    from lightning_rwc.history import RWCHistory
 
 
 @dataclass
@@ -31,12 +32,20 @@ class RunOutput:
     plots_skipped: str | None = None
 
 
-def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: bool = True, **options: Any) -> RunOutput:
+def cluster_run(
+    run: str | os.PathLike,
+    prefix: str = DEFAULT_PREFIX,
+    plots: bool = True,
+    history: RWCHistory | None = None,
+    **options: Any,
+) -> RunOutput:
     """Cluster the layers of one run and write the results beside it.
 
     Writes ``<run>/rwc_clusters/`` (a TensorBoard run with the cluster summaries, its custom-scalars layout and,
     with ``plots``, PNG figures) and ``<run>/rwc_clusters.json``. Both are replaced, never appended to, so running
-    twice gives the same files. ``options`` go to :func:`~lightning_rwc.clustering.cluster_layers`.
+    twice gives the same files. ``history``: the run's values where the caller has read them already (else they are
+    read with :func:`~lightning_rwc.runs.load_history`). ``options`` go to
+    :func:`~lightning_rwc.clustering.cluster_layers`.
 
     Raises:
         FileNotFoundError: if the run does not exist or holds no logs.
@@ -60,7 +69,7 @@ def cluster_run(run: str | os.PathLike, prefix: str = DEFAULT_PREFIX, plots: boo
 
     run = Path(run)
     recover_dir((run if run.is_dir() else run.parent) / CLUSTER_RUN_DIR)  # outputs moved aside by a killed run
-    history = load_history(run, prefix=prefix)
+    history = load_history(run, prefix=prefix) if history is None else history
     result = cluster_layers(history, **options)
     directory = run if run.is_dir() else run.parent
     target = write_cluster_run(result, directory, prefix=prefix)

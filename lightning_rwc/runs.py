@@ -13,8 +13,9 @@ import os
 import re
 import warnings
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -31,8 +32,8 @@ def load_history(path: str | os.PathLike, prefix: str = "rwc") -> RWCHistory:
     """Read the RWC history of one run.
 
     Args:
-        path: a run directory: its values file (``{prefix}_values``, written with
-            ``RelativeWeightChange(write_values=True)``: see :mod:`lightning_rwc.values_file`) if it has one, else
+        path: a run directory: its values file (``{prefix}_values``, written by the
+            :class:`~lightning_rwc.parts.ValuesFile` part: see :mod:`lightning_rwc.values_file`) if it has one, else
             its TensorBoard event files (every scalar is read, not a sample) or Lightning ``CSVLogger``'s
             ``metrics.csv``; a values file folder; a CSV file with a ``step`` column and one ``{prefix}/{layer}``
             column per layer (optionally ``epoch`` and ``{prefix}/_all``); or a JSON file written by
@@ -217,31 +218,146 @@ def read_tensorboard(run_dir: Path) -> Series:
 
     A later value at the same step (a resumed run) replaces the earlier one.
     """
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from tensorboard.compat.proto.event_pb2 import Event
+    files = EventFiles(run_dir)
+    files.update()
+    for problem in files.problems:
+        warnings.warn(problem, stacklevel=3)
+    return files.series
+
+
+Opener = Callable[[Path], BinaryIO]
+
+
+class EventFiles:
+    """The scalars of a run's TensorBoard event files, read again only where they grew.
+
+    Records are read one at a time, each checked against its checksums and against the bytes the file holds before
+    anything is allocated for it; reading a file stops at its first damaged or cut-off record. :meth:`update` reads
+    what was appended since the last call; if a file other than the newest grew, shrank or went away, it reads
+    everything again.
+
+    Args:
+        run_dir: the run's folder.
+        opener: opens a file for reading in binary (``open`` by default; a server passes
+            :func:`~lightning_rwc.files.open_inside`).
+
+    Attributes:
+        series: every scalar read so far.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, opener: Opener | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self._open = opener or _open_binary
+        self.series = Series()
+        self._read: dict[str, tuple[int, int]] = {}  # file name -> (bytes read, its size then)
+        self._problems: dict[str, str] = {}
+
+    @property
+    def problems(self) -> list[str]:
+        """What could not be read, one line per file, as of the last :meth:`update`."""
+        return list(self._problems.values())
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the values read take."""
+        return sum(16 * len(steps) for steps, _ in self.series.columns.values())
+
+    def update(self) -> bool:
+        """Read what the files gained since the last call; returns whether anything new was read."""
+        paths = sorted(p for p in self.run_dir.iterdir() if EVENT_FILE_MARKER in p.name)
+        sizes = {p.name: _size(p) for p in paths}
+        known = list(self._read)
+        grown = [name for name in known if sizes.get(name) != self._read[name][1]]
+        if [p.name for p in paths][: len(known)] != known or any(name != known[-1] for name in grown):
+            self.series, self._read, self._problems = Series(), {}, {}  # not only appended to: read all again
+        before = dict(self._read)
+        for path in paths:
+            if path.name in self._read and sizes[path.name] == self._read[path.name][1]:
+                continue
+            problem = self._read_file(path)
+            self._problems.pop(path.name, None)
+            if problem:
+                self._problems[path.name] = problem
+        return self._read != before
+
+    def _read_file(self, path: Path) -> str | None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        from lightning_rwc.tensorboard import masked_crc32c
+
+        offset = self._read.get(path.name, (0, 0))[0]
+        try:
+            handle = self._open(path)
+        except OSError as err:
+            self._read[path.name] = (0, _size(path))
+            return f"{err} (skipped)" if str(path) in str(err) else f"{path}: {err} (skipped)"
+        skipped, damage = 0, None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(offset)
+            while offset < size:
+                head = handle.read(12)
+                if len(head) < 12 or masked_crc32c(head[:8]) != int.from_bytes(head[8:], "little"):
+                    damage = "a damaged or cut-off record header"
+                    break
+                length = int.from_bytes(head[:8], "little")
+                if length > size - offset - RECORD_FRAMING:  # checked before reading: a header may claim anything
+                    damage = f"a record of {length} bytes where the file holds {size - offset - RECORD_FRAMING}"
+                    break
+                body = handle.read(length + 4)
+                if len(body) < length + 4 or masked_crc32c(body[:-4]) != int.from_bytes(body[-4:], "little"):
+                    damage = "a damaged or cut-off record"
+                    break
+                try:
+                    event = Event.FromString(body[:-4])
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError, or any other failure to parse
+                    damage = "a record that is not an event"
+                    break
+                items, unread = _scalars(event)
+                skipped += unread
+                self.series.add_record(event.step, items)
+                offset += length + RECORD_FRAMING
+        self._read[path.name] = (offset, size)
+        notes = []
+        if damage is not None:
+            notes.append(
+                f"{path}: bytes {offset} to {size} could not be read ({damage}, for example after a crash); values "
+                "written there are missing"
+            )
+        if skipped:
+            notes.append(f"{path}: {skipped} values logged as scalars hold no number; skipped")
+        return "; ".join(notes) or None
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _scalars(event: Any) -> tuple[list[tuple[str, float]], int]:
+    """The numbers of an event's scalar summaries, and how many values claimed to be scalars but hold none."""
     from tensorboard.util import tensor_util
 
-    series = Series()
-    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
-        read = 0
-        for record in RawEventFileLoader(str(path)).Load():  # stops at the first damaged or cut-off record
-            read += len(record) + RECORD_FRAMING
-            event = Event.FromString(record)
-            items = []
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    items.append((value.tag, value.simple_value))
-                elif value.metadata.plugin_data.plugin_name == "scalars":
-                    items.append((value.tag, tensor_util.make_ndarray(value.tensor).item()))
-            series.add_record(event.step, items)
-        size = path.stat().st_size
-        if read < size:
-            warnings.warn(
-                f"{path}: bytes {read} to {size} could not be read (a damaged or cut-off record, for example "
-                "after a crash); values written there are missing",
-                stacklevel=3,
-            )
-    return series
+    items, unread = [], 0
+    for value in event.summary.value:
+        if value.HasField("simple_value"):
+            items.append((value.tag, value.simple_value))
+        elif value.metadata.plugin_data.plugin_name == "scalars":
+            try:
+                number = tensor_util.make_ndarray(value.tensor)
+            except Exception:  # noqa: BLE001 - a tensor TensorBoard's own converter cannot read
+                number = None
+            if number is not None and number.size == 1 and number.dtype.kind in "biuf":
+                items.append((value.tag, float(number.item())))
+            else:
+                unread += 1
+    return items, unread
 
 
 def _read_json(path: Path) -> RWCHistory:

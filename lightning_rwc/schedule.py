@@ -1,4 +1,4 @@
-"""When the callback measures: after every n-th optimizer step, at the end of every n-th epoch, or both."""
+"""When the callback measures: every n optimizer steps, at the end of every n-th epoch, or both."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ from lightning_rwc.validate import check_count
 
 @dataclass(frozen=True)
 class Schedule:
-    """Measure after every ``every_n_steps``-th optimizer step and/or at the end of every ``every_n_epochs``-th epoch.
+    """Measure every ``every_n_steps`` optimizer steps and/or at the end of every ``every_n_epochs``-th epoch.
 
-    A step is measured once even when both fall on it. With ``source="optimizer"`` (each measurement is one
+    Steps are optimizer steps (Lightning's global step), counted from the previous measurement: a measurement is
+    taken at the end of the first batch that brings ``every_n_steps`` or more of them since the previous one. With
+    one optimizer step per batch that is every ``every_n_steps``-th step; with several optimizers stepping in each
+    batch (manual optimization, as in a GAN) it is the first batch end at or past each ``every_n_steps`` more, so
+    every interval holds the same number of steps. With both schedules the steps count from the latest
+    measurement of either, so only a measurement at an epoch's end may cover fewer steps. A step is measured once
+    even when both fall on it. With ``source="optimizer"`` (each measurement is one
     optimizer step's update) every step is measured: ``every_n_steps`` must be 1.
 
     Raises:
@@ -21,8 +27,13 @@ class Schedule:
     Example::
 
         >>> schedule = Schedule(every_n_epochs=None, every_n_steps=5)
-        >>> [step for step in range(1, 16) if schedule.after_step(step, last=-1)]
-        [5, 10, 15]
+        >>> last, measured = -1, []
+        >>> for step in range(2, 25, 2):  # two optimizer steps per batch
+        ...     if schedule.after_step(step, last):
+        ...         last = step
+        ...         measured.append(step)
+        >>> measured
+        [6, 12, 18, 24]
         >>> schedule.at_epoch_end(epoch=0, step=15, last=15)
         False
     """
@@ -48,7 +59,7 @@ class Schedule:
 
     def after_step(self, step: int, last: int) -> bool:
         """Whether to measure after optimizer step ``step`` (the global step), ``last`` being the last measured."""
-        return bool(self.every_n_steps) and step > 0 and step != last and step % self.every_n_steps == 0
+        return bool(self.every_n_steps) and step - max(last, 0) >= self.every_n_steps
 
     def at_epoch_end(self, epoch: int, step: int, last: int) -> bool:
         """Whether to measure at the end of ``epoch`` (counted from 0), reached at global ``step``."""

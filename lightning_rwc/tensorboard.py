@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,9 +138,10 @@ def write_cluster_run(
     from torch.utils.tensorboard import SummaryWriter
 
     target = Path(run_dir) / name
-    tmp = target.with_name(f".{name}.tmp")
     recover_dir(target)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
+    for left in target.parent.glob(f".{name}.*.tmp"):  # left by a run that was killed
+        _remove(left)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent))  # new: never through a link
     head = cluster_prefix(prefix)
     try:
         writer = SummaryWriter(log_dir=str(tmp))
@@ -173,11 +175,19 @@ def replace_dir(source: Path, target: Path) -> None:
     """
     old = target.with_name(f".{target.name}.old")
     recover_dir(target)
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
+    _remove(old)
+    if target.exists() or target.is_symlink():
         target.rename(old)
     source.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder and what it holds; a symbolic link is removed itself, never what it points to."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def recover_dir(target: Path) -> None:
@@ -193,7 +203,7 @@ def recover_dir(target: Path) -> None:
         ['out']
     """
     old = target.with_name(f".{target.name}.old")
-    if old.is_dir() and not target.exists():
+    if old.is_dir() and not old.is_symlink() and not target.exists():
         old.rename(target)
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -98,26 +98,39 @@ def has_values(directory: str | os.PathLike) -> bool:
     return directory.is_dir() and any(True for _ in _segments(directory))
 
 
-def read_values(directory: str | os.PathLike) -> RWCHistory:
+def read_values(directory: str | os.PathLike, opener: Callable[[Path], BinaryIO] | None = None) -> RWCHistory:
     """Every measurement in the segments of ``directory``, layers in the order they were first measured.
+
+    Args:
+        directory: the values file folder.
+        opener: opens a file for reading in binary (``open`` by default; a server passes
+            :func:`~lightning_rwc.files.open_inside`).
 
     Raises:
         FileNotFoundError: if ``directory`` holds no segment.
         ValueError: naming the file, if a segment's layer list cannot be read.
 
     Warns:
-        UserWarning: naming the file and its bytes, where a segment ends in a row cut off (by a crash).
+        UserWarning: naming the file and its bytes, where a segment ends in a row cut off (by a crash); naming the
+            file and the reason, where ``opener`` refuses one (the segment is left out).
     """
     directory = Path(directory)
+    opener = opener or _open_binary
     segments = sorted(_segments(directory), key=lambda p: int(p.stem))
     if not segments:
         raise FileNotFoundError(f"{directory} holds no values file segment (NNNNNN.json with NNNNNN.bin)")
     position: dict[str, int] = {}  # layer -> row of the history
     parts = []
     for meta in segments:
-        layers = _layers_of(meta)
-        rows = _rows_of(meta.with_suffix(".bin"), row_type(len(layers)))
+        try:
+            layers = _layers_of(meta, opener)
+            rows = _rows_of(meta.with_suffix(".bin"), row_type(len(layers)), opener)
+        except OSError as err:
+            warnings.warn(f"{err}: the measurements of this segment are missing", stacklevel=2)
+            continue
         parts.append((np.array([position.setdefault(name, len(position)) for name in layers], dtype=np.intp), rows))
+    if not parts:
+        raise FileNotFoundError(f"{directory} holds no values file segment that could be read")
     steps = np.unique(np.concatenate([rows["step"] for _, rows in parts]))
     values = np.full((len(position), steps.size), np.nan)
     epochs, total = np.full(steps.size, -1), np.full(steps.size, np.nan)
@@ -134,31 +147,45 @@ def segments_fingerprint(directory: str | os.PathLike) -> tuple:
     directory = Path(directory)
     if not directory.is_dir():
         return ()
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file()))
+    stats = ((p.name, p.lstat()) for p in directory.iterdir())  # a link's own, never what it points to
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))
 
 
 def _segments(directory: Path) -> list[Path]:
     return [p for p in directory.glob("*.json") if p.stem.isdigit()]
 
 
-def _layers_of(meta: Path) -> list[str]:
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def _layers_of(meta: Path, opener: Callable[[Path], BinaryIO]) -> list[str]:
+    with opener(meta) as handle:  # an OSError here: the file refused or missing, said by the caller
+        text = handle.read()
     try:
-        data = json.loads(meta.read_text())
+        data = json.loads(text, parse_constant=_no_constant)
         layers = data["layers"]
         if data["format"] != SEGMENT_FORMAT or not all(isinstance(name, str) for name in layers):
             raise ValueError(f"format {data['format']!r} with layers {layers!r:.80}")
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{meta} is not a values file segment written by this version: {err}") from err
     return layers
 
 
-def _rows_of(path: Path, row: np.dtype) -> np.ndarray:
-    size = path.stat().st_size if path.exists() else 0
-    count = size // row.itemsize
-    if count * row.itemsize < size:
-        warnings.warn(
-            f"{path}: bytes {count * row.itemsize} to {size} could not be read (a row cut off, for example by a "
-            "crash); the measurement written there is missing",
-            stacklevel=3,
-        )
-    return np.fromfile(path, dtype=row, count=count) if count else np.zeros(0, dtype=row)
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _rows_of(path: Path, row: np.dtype, opener: Callable[[Path], BinaryIO]) -> np.ndarray:
+    if not path.exists() and not path.is_symlink():
+        return np.zeros(0, dtype=row)
+    with opener(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        count = size // row.itemsize
+        if count * row.itemsize < size:
+            warnings.warn(
+                f"{path}: bytes {count * row.itemsize} to {size} could not be read (a row cut off, for example by a "
+                "crash); the measurement written there is missing",
+                stacklevel=3,
+            )
+        return np.fromfile(handle, dtype=row, count=count) if count else np.zeros(0, dtype=row)

@@ -155,6 +155,24 @@ class TwoOptimizers(LightningModule):
         return torch.optim.Adam(self.first.parameters(), lr=0.01), torch.optim.SGD(self.second.parameters(), lr=0.1)
 
 
+@pytest.mark.parametrize(("every", "expected"), [(3, [4, 8, 12]), (4, [4, 8, 12]), (2, [2, 4, 6, 8, 10, 12])])
+def test_with_two_optimizers_every_n_steps_counts_optimizer_steps_since_the_previous_measurement(every, expected):
+    recorder = WeightRecorder()
+    recorder.names = ["first.weight", "second.weight"]
+    rwc = RelativeWeightChange(every_n_epochs=None, every_n_steps=every)
+    trainer = Trainer(max_epochs=1, callbacks=[recorder, rwc], logger=False, **fit_kwargs())
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 4)), batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TwoOptimizers(), data)  # 6 batches, 2 optimizer steps each: global steps 2, 4, ..., 12
+    assert rwc.history.steps == expected  # every interval the same: the first batch end with `every` steps or more
+    assert not [w for w in caught if "different numbers of optimizer steps" in str(w.message)]
+    reference = expected_curves(recorder, expected)
+    for j, step in enumerate(expected):
+        for i, name in enumerate(rwc.history.layers):
+            assert rwc.history.values[i][j] == pytest.approx(reference[step][name], rel=1e-5), (name, step)
+
+
 def test_source_optimizer_with_two_optimizers_measures_each_tensor_through_its_own(tmp_path):
     recorder = WeightRecorder()
     recorder.names = ["first.weight", "second.weight"]
@@ -170,12 +188,30 @@ def test_source_optimizer_with_two_optimizers_measures_each_tensor_through_its_o
             assert rwc.history.values[i][j] == pytest.approx(expected[step][name], rel=1e-5), (name, step)
 
 
-def test_epoch_and_step_schedules_together_do_not_measure_a_step_twice(tmp_path):
+def test_epoch_and_step_schedules_together_count_steps_from_the_latest_measurement_and_warn_once(tmp_path):
     rwc = RelativeWeightChange(every_n_epochs=1, every_n_steps=4)
-    trainer = Trainer(max_epochs=2, callbacks=[rwc], logger=False, **fit_kwargs())
-    with pytest.warns(UserWarning, match="found no logger"):
+    trainer = Trainer(max_epochs=3, callbacks=[rwc], logger=False, **fit_kwargs())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.fit(make_tiny_module(), tiny_loader(n=48, batch_size=8))  # 6 steps per epoch
-    assert rwc.history.steps == [4, 6, 8, 12]
+    assert rwc.history.steps == [4, 6, 10, 12, 16, 18]  # every step measured once; 4 steps after each measurement
+    uneven = [str(w.message) for w in caught if "different numbers of optimizer steps" in str(w.message)]
+    assert uneven == [
+        "RelativeWeightChange: measurements cover different numbers of optimizer steps (4 and 2): an epoch's end "
+        "falls between step measurements. RWC grows with the steps it covers, so values of different intervals are "
+        "not comparable: the RWC tab shows each one's interval and the clustering divides by it. For equal "
+        "intervals, set one schedule."
+    ]
+
+
+def test_a_run_that_ends_mid_interval_does_not_warn_of_uneven_intervals(tmp_path):
+    rwc = RelativeWeightChange(every_n_epochs=1)
+    trainer = Trainer(max_epochs=3, max_steps=15, callbacks=[rwc], logger=False, **fit_kwargs())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(make_tiny_module(), tiny_loader(n=48, batch_size=8))  # 6 steps per epoch: the last has 3
+    assert rwc.history.steps == [6, 12, 15]
+    assert not [w for w in caught if "different numbers of optimizer steps" in str(w.message)]
 
 
 def test_csv_logger_receives_the_same_values(tmp_path):

@@ -340,3 +340,30 @@ def test_original_recipe_uses_two_components_and_the_elbow():
     assert result.embedding.shape[1] == 2 and result.params["method"] == "kmeans"
     assert result.n_clusters == 4 and len(inertias) == 8
     assert ari(result, family) >= 0.9
+
+
+def test_measurements_of_different_intervals_are_clustered_per_optimizer_step():
+    rng = np.random.default_rng(0)
+    steps = np.cumsum(np.tile([4, 2], 10))  # every_n_steps=4 with epoch ends between: intervals 4, 2, 4, 2, ...
+    rates = np.concatenate([np.full(6, 1e-3), np.full(6, 1e-2)])[:, None] * rng.lognormal(0, 0.05, (12, 20))
+    layers = [f"l{i}.weight" for i in range(12)]
+    uneven = RWCHistory.from_arrays(layers, steps, rates * np.diff(steps, prepend=0))  # RWC grows with the interval
+    result = cluster_layers(uneven, method="kmeans", n_clusters=2)
+    assert result.params["per_step"] is True
+    per_step = cluster_layers(
+        RWCHistory.from_arrays(layers, steps, rates), method="kmeans", n_clusters=2, per_step=False
+    )
+    assert result.labels == per_step.labels
+    for ours, reference in zip(result.summaries, per_step.summaries, strict=True):
+        np.testing.assert_allclose(ours.mean, reference.mean, rtol=1e-12)
+    even = RWCHistory.from_arrays(layers, np.arange(1, 21) * 4, rates)
+    assert cluster_layers(even, method="kmeans", n_clusters=2).params["per_step"] is False
+
+
+def test_per_step_needs_a_history_that_kept_every_measurement():
+    bounded = RWCHistory(capacity=4)
+    for step in range(1, 11):
+        bounded.append(step, 0, {f"l{i}": 0.01 * (i + 1) * step**-0.5 for i in range(4)})
+    with pytest.raises(ValueError, match="per_step=True needs each measurement's interval"):
+        cluster_layers(bounded, method="kmeans", n_clusters=2, per_step=True)
+    assert cluster_layers(bounded, method="kmeans", n_clusters=2).params["per_step"] is False

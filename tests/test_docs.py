@@ -74,3 +74,70 @@ def test_the_strict_docs_build_fails_on_a_broken_reference(tmp_path):
     assert done.returncode != 0
     assert "lightning_rwc.NoSuchClass" in done.stderr and "guide/no-such-page.md" in done.stderr
     assert done.stderr.count("WARNING") == 2  # the copy of the real pages builds without a warning
+
+
+def public_callables() -> dict[str, object]:
+    """Every public class and function the package defines, by name (names defined twice, differently: left out)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import lightning_rwc
+
+    found: dict[str, object] = {}
+    twice = set()
+    for module_info in pkgutil.walk_packages(lightning_rwc.__path__, "lightning_rwc."):
+        if module_info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            defined_here = getattr(value, "__module__", None) == module.__name__
+            if name.startswith("_") or not defined_here or not (inspect.isclass(value) or inspect.isfunction(value)):
+                continue
+            if found.get(name, value) is not value:
+                twice.add(name)
+            found[name] = value
+    return {name: value for name, value in found.items() if name not in twice}
+
+
+def calls_in(text: str, names: set[str]) -> list[str]:
+    """Each ``Name(...)`` in ``text`` whose name is in ``names``, with its balanced parentheses."""
+    calls = []
+    for match in re.finditer(r"(?<![\w.])(" + "|".join(sorted(names)) + r")\(", text):
+        depth, end = 0, match.end() - 1
+        for end in range(match.end() - 1, min(len(text), match.end() + 2000)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        calls.append(text[match.start() : end + 1])
+    return calls
+
+
+def test_every_argument_named_in_docstrings_and_docs_exists():
+    import ast
+    import inspect
+
+    callables = public_callables()
+    texts = {path: path.read_text() for path in [README, *examples.ROOT.joinpath("docs").rglob("*.md")]}
+    for path in examples.ROOT.joinpath("lightning_rwc").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                texts[f"{path}:{node.lineno}"] = node.value
+    wrong, checked = [], 0
+    for where, text in texts.items():
+        for call in calls_in(text, set(callables)):
+            try:
+                parsed = ast.parse(call.replace("...", "None"), mode="eval").body
+            except SyntaxError:
+                continue  # prose such as "Name(the model)": no arguments to check
+            signature = inspect.signature(callables[parsed.func.id])
+            if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+                continue
+            checked += 1
+            wrong += [
+                f"{where}: {call} has no argument {k.arg!r}"
+                for k in parsed.keywords
+                if k.arg is not None and k.arg not in signature.parameters
+            ]
+    assert not wrong, "\n".join(wrong)
+    assert checked > 100  # the check reads the calls it should

@@ -56,3 +56,32 @@ def test_a_damaged_real_event_file_reads_the_records_before_the_damage_with_thei
         assert history.epochs == [intact.epochs[j] for j in measured]
         for i, layer in enumerate(history.layers):  # the first measurement may be cut between its values
             np.testing.assert_array_equal(history.values[i], intact.curve(layer)[measured])
+
+
+def test_event_files_read_only_what_was_appended_since_and_equal_a_whole_reading(real_run, tmp_path):
+    from lightning_rwc.runs import EventFiles, history_from_series
+
+    data = real_run.event_file.read_bytes()
+    ends = record_ends(data)
+    middle = ends[len(ends) // 2]
+    run = tmp_path / "run"
+    run.mkdir()
+    target = run / real_run.event_file.name
+    target.write_bytes(data[: middle - 5])  # the last record cut off while it is written
+    files = EventFiles(run)
+    assert files.update() and "could not be read" in files.problems[0]
+    assert not files.update()  # nothing new
+    with open(target, "r+b") as out:
+        out.write(bytes(ends[2]))  # what was read already is not read again: zeros there go unseen
+        out.seek(middle - 5)
+        out.write(data[middle - 5 :])
+    assert files.update() and files.problems == []
+    whole = load_history(real_run.event_file)
+    read = history_from_series(files.series, "rwc", run)
+    assert read.steps == whole.steps and read.layers == whole.layers and read.epochs == whole.epochs
+    np.testing.assert_array_equal(read.values, whole.values)
+    assert files.nbytes == 16 * sum(len(steps) for steps, _ in files.series.columns.values())
+    target.write_bytes(data)  # the zeros undone (the same size: nothing to read)
+    assert not files.update()
+    (run / "events.out.tfevents.0.first").write_bytes(data[: ends[0]])  # a file before the others: all read again
+    assert files.update() and history_from_series(files.series, "rwc", run).steps == whole.steps

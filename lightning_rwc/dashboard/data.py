@@ -1,10 +1,12 @@
 """What the RWC dashboard shows of one run, read once per change and sent compactly to the page.
 
 A run's values come from its values file where it has one (exact, in the model's order, read in one NumPy call per
-segment), else from its event files, read as ``load_history`` reads them (the model's order, the same warnings)
-while they are small, and through TensorBoard's data provider (sampled, incremental) when they are large. The page
-receives one binary answer: a JSON header (layers, blocks, steps, epochs, clusters, decisions, warnings) and the
-layers x columns matrix as float32, with the columns reduced to at most what a screen shows.
+segment), else from its event files, read by :class:`~lightning_rwc.runs.EventFiles` (every value, the model's
+order, only what was appended since the last reading). Every file is opened through an ``opener``: the plugin's
+reads only regular files inside the run's folder, through no link, of a bounded size
+(:func:`~lightning_rwc.files.open_inside`). The page receives one binary answer: a JSON header (layers, blocks,
+steps, epochs, clusters, decisions, warnings) and the layers x columns matrix as float32, with the columns reduced
+to at most what a screen shows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from lightning_rwc.blocks import find_blocks
 from lightning_rwc.decide.health import first_flags
 from lightning_rwc.history import RWCHistory
 from lightning_rwc.keys import CLUSTER_JSON, DEFAULT_PREFIX, freeze_prefix, values_folder
-from lightning_rwc.runs import EVENT_FILE_MARKER, Series, history_from_series, natural_key, read_tensorboard
+from lightning_rwc.runs import EVENT_FILE_MARKER, EventFiles, Opener, Series, history_from_series, natural_key
 from lightning_rwc.tensorboard import bin_means
 from lightning_rwc.values_file import has_values, read_values, segments_fingerprint
 
@@ -46,29 +48,29 @@ class RunData:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def from_values_file(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
+def from_values_file(run_dir: Path, prefix: str = DEFAULT_PREFIX, opener: Opener | None = None) -> RunData:
     """The run's values file, with the warnings its reader gives."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            history = read_values(run_dir / values_folder(prefix))
+            history = read_values(run_dir / values_folder(prefix), opener)
         except (OSError, ValueError) as err:
-            return RunData(None, "values file", [str(err)])
+            return RunData(None, "values file", [str(err), *(str(w.message) for w in caught)])
     return RunData(history, "values file", [str(w.message) for w in caught])
 
 
-def from_event_files(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
-    """The run's event files read as ``load_history`` reads them (model order, the same warnings)."""
+def from_event_files(files: EventFiles, prefix: str = DEFAULT_PREFIX) -> RunData:
+    """The run's event files as ``files`` has read them (model order, the same warnings as ``load_history``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            series = read_tensorboard(run_dir)
-            history = history_from_series(series, prefix, run_dir.name)
-        except (OSError, ValueError) as err:
-            return RunData(None, "event files", [str(err), *(str(w.message) for w in caught)])
-    found = RunData(history, "event files", [str(w.message) for w in caught])
+            history = history_from_series(files.series, prefix, files.run_dir.name)
+        except ValueError as err:
+            return RunData(None, "event files", [*files.problems, str(err)])
+    found = RunData(history, "event files", [*files.problems, *(str(w.message) for w in caught)])
     head = f"{freeze_prefix(prefix)}/"
-    freezes = {tag: list(zip(*column, strict=True)) for tag, column in series.columns.items() if tag.startswith(head)}
+    columns = files.series.columns.items()
+    freezes = {tag: list(zip(*column, strict=True)) for tag, column in columns if tag.startswith(head)}
     found.decisions = freeze_decisions(freezes, prefix)
     return found
 
@@ -76,8 +78,8 @@ def from_event_files(run_dir: Path, prefix: str = DEFAULT_PREFIX) -> RunData:
 def from_scalars(scalars: dict[str, list[tuple[int, float]]], prefix: str = DEFAULT_PREFIX) -> RunData:
     """The run's scalars as TensorBoard's data provider gives them (``{tag: [(step, value), ...]}``, sampled).
 
-    The provider does not keep the order the tags were written in: the layers come in name order (numbers compared
-    as numbers), as from a CSV log.
+    For a run without a folder the tab can read (TensorBoard started without ``--logdir``). The provider does not
+    keep the order the tags were written in: the layers come in name order (numbers compared as numbers).
     """
     series = Series()
     for tag in sorted(scalars, key=natural_key):
@@ -113,16 +115,54 @@ def health_flags(history: RWCHistory) -> list[dict[str, Any]]:
     ]
 
 
-def read_clusters(run_dir: Path | None) -> dict[str, Any] | None:
-    """The cluster JSON beside the run, or ``None`` where there is none or it cannot be read."""
+def read_clusters(run_dir: Path | None, opener: Opener | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The cluster JSON beside the run, as the page uses it, and why it could not be read (``None``: it was).
+
+    Example::
+
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = (run / CLUSTER_JSON).write_text('{"labels": {"fc": NaN}, "clusters": [], "steps": []}')
+        >>> clusters, problem = read_clusters(run)
+        >>> clusters, problem.split("/")[-1]
+        (None, 'rwc_clusters.json could not be read (NaN is not JSON); run the clustering again')
+    """
     path = None if run_dir is None else run_dir / CLUSTER_JSON
-    if path is None or not path.is_file():
-        return None
+    if path is None or not (path.exists() or path.is_symlink()):
+        return None, None
     try:
-        data = json.loads(path.read_text())
-        return {"labels": dict(data["labels"]), "clusters": list(data["clusters"]), "steps": list(data["steps"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        with (opener or _open_binary)(path) as handle:
+            data = json.loads(handle.read(), parse_constant=_no_constant)
+        found = {"labels": dict(data["labels"]), "clusters": list(data["clusters"]), "steps": list(data["steps"])}
+        _check_clusters(found)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reason = str(err) if isinstance(err, OSError) else f"{path} could not be read ({err})"
+        return None, f"{reason}; run the clustering again"
+    return found, None
+
+
+def _check_clusters(found: dict[str, Any]) -> None:
+    """Raise ``TypeError`` unless ``found`` has the types the page draws from (as ``ClusterResult.save`` writes)."""
+    numbers = (int, float, type(None))
+    layers = all(isinstance(k, str) and type(v) is int for k, v in found["labels"].items())
+    steps = all(type(step) is int for step in found["steps"])
+    clusters = all(
+        isinstance(c, dict)
+        and type(c.get("cluster_id")) is int
+        and isinstance(c.get("members"), list)
+        and all(isinstance(c.get(k), list) and all(isinstance(v, numbers) for v in c[k]) for k in ("lower", "upper"))
+        for c in found["clusters"]
+    )
+    if not (layers and steps and clusters):
+        raise TypeError("its labels, steps or clusters are not what the clustering writes")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return open(path, "rb")
 
 
 def fingerprint(run_dir: Path | None, prefix: str = DEFAULT_PREFIX) -> tuple:
@@ -130,21 +170,10 @@ def fingerprint(run_dir: Path | None, prefix: str = DEFAULT_PREFIX) -> tuple:
     if run_dir is None:
         return ()
     parts = [segments_fingerprint(run_dir / values_folder(prefix))]
-    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file()):
-        stat = path.stat()
+    for path in sorted(p for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name or p.name == CLUSTER_JSON):
+        stat = path.lstat()  # a link's own, never what it points to
         parts.append((path.name, stat.st_size, stat.st_mtime_ns))
-    clusters = run_dir / CLUSTER_JSON
-    if clusters.is_file():
-        stat = clusters.stat()
-        parts.append((stat.st_size, stat.st_mtime_ns))
     return tuple(parts)
-
-
-def event_files_bytes(run_dir: Path | None) -> int:
-    """The size of the run's event files (the dashboard reads them itself below a size, else through TensorBoard)."""
-    if run_dir is None:
-        return 0
-    return sum(p.stat().st_size for p in run_dir.iterdir() if EVENT_FILE_MARKER in p.name and p.is_file())
 
 
 def has_values_file(run_dir: Path | None, prefix: str = DEFAULT_PREFIX) -> bool:
@@ -171,6 +200,20 @@ MAX_CELLS = 1_900_000
 """The most values one answer holds (7.6 MB of float32): fewer columns for runs with very many layers."""
 
 
+def columns_sent(history: RWCHistory | None, asked: int) -> int:
+    """How many columns the answer for ``asked`` columns holds: what the cached answers are keyed by.
+
+    Example::
+
+        >>> history = RWCHistory.from_arrays(["a", "b"], range(1, 51), np.ones((2, 50)))
+        >>> columns_sent(history, 20), columns_sent(history, 4000), columns_sent(None, 20)
+        (20, 50, 0)
+    """
+    if history is None or not len(history):
+        return 0
+    return max(1, min(asked, MAX_CELLS // max(len(history.layers), 1), len(history)))
+
+
 def encode(data: RunData, max_columns: int) -> bytes:
     """The binary answer for the page: header length (4 bytes), a JSON header, then float32 values.
 
@@ -178,17 +221,18 @@ def encode(data: RunData, max_columns: int) -> bytes:
     are more than ``max_columns`` (or than :data:`MAX_CELLS` allows); ``nan`` where a layer has no value. The header
     says, per column, the first and last step it covers and the epoch of its first measurement.
     """
-    header: dict[str, Any] = {"source": data.source, "warnings": data.warnings, "decisions": data.decisions}
+    header: dict[str, Any] = {"source": data.source, "warnings": list(data.warnings), "decisions": data.decisions}
     header["clusters"] = data.clusters
     history = data.history
     matrix = np.zeros((0, 0), dtype=np.float32)
     if history is not None and len(history):
         values = history.values
-        max_columns = max(1, min(max_columns, MAX_CELLS // max(len(history.layers), 1)))
-        starts = np.linspace(0, values.shape[1], min(values.shape[1], max_columns) + 1).astype(int)
+        starts = np.linspace(0, values.shape[1], columns_sent(history, max_columns) + 1).astype(int)
         matrix = values if starts.size - 1 == values.shape[1] else binned(values, starts.size - 1)
         steps, epochs = np.asarray(history.steps), np.asarray(history.epochs)
         blocks = find_blocks(history.layers)
+        header["intervals"], uneven = _intervals(history, starts)
+        header["warnings"] += [uneven] if uneven else []
         header |= {
             "layers": history.layers,
             "blocks": [blocks.of(layer) or "" for layer in history.layers],
@@ -202,3 +246,19 @@ def encode(data: RunData, max_columns: int) -> bytes:
     text = json.dumps(header, allow_nan=False).encode()
     text += b" " * (-(len(text) + 4) % 4)  # the values start on a 4-byte boundary
     return struct.pack("<I", len(text)) + text + matrix.astype("<f4").tobytes()
+
+
+def _intervals(history: RWCHistory, starts: np.ndarray) -> tuple[list[float] | None, str | None]:
+    """Per column, the mean optimizer steps its measurements cover; a warning where the run's intervals differ."""
+    intervals = history.intervals()
+    if intervals is None:
+        return None, None
+    means = np.add.reduceat(intervals, starts[:-1]) / np.diff(starts)
+    distinct = sorted(set(intervals[1:].tolist()))  # the first one's is counted from step 0
+    if len(distinct) < 2:
+        return means.tolist(), None
+    listed = ", ".join(map(str, distinct[:4])) + (", ..." if len(distinct) > 4 else "")
+    return means.tolist(), (
+        f"Measurements cover different numbers of optimizer steps ({listed}): RWC grows with the steps it covers. "
+        "Per step divides each value by its interval."
+    )

@@ -19,8 +19,9 @@ class HealthCheck:
     - *dead*: the layer's RWC was exactly 0 while the network as a whole moved (``"_all"`` above 0), for
       ``patience`` measurements in a row: its weights did not change at all, which usually means the parameter is
       missing from the optimizer (or its learning rate is 0).
-    - *runaway*: its RWC was above ``factor`` times the median RWC of the layers for ``patience`` measurements in a
-      row: a learning rate far too high for it, or an exploding layer. The last layer (a classifier head, which
+    - *runaway*: its RWC was above ``factor`` times the median RWC of the layers that moved (those at exactly 0, the
+      dead, left out) for ``patience`` measurements in a row: a learning rate far too high for it, or an exploding
+      layer. The last layer (a classifier head, which
       routinely moves 5 to 50 times as much as the median layer when measured every step) must exceed
       ``head_factor`` times the median instead.
 
@@ -31,7 +32,7 @@ class HealthCheck:
         (['b'], ['e'])
         >>> check.update({"a": 0.01, "b": 0.0, "e": 0.9, "c": 0.012, "d": 0.011, "head": 0.5, "_all": 0.02})
         ([], [])
-        >>> check.dead, check.runaway  # the head, at 45x the median, is below head_factor
+        >>> check.dead, check.runaway  # the head, at 42x the median of the layers that moved, is below head_factor
         ({'b'}, {'e'})
     """
 
@@ -53,7 +54,8 @@ class HealthCheck:
             keep = np.arange(len(names)) != names.index(ALL_KEY)
             names, rwc = [name for name in names if name != ALL_KEY], rwc[keep]
         finite = np.isfinite(rwc)
-        median = float(np.median(rwc[finite])) if finite.any() else math.nan
+        moved = rwc[finite & (rwc > 0)]
+        median = float(np.median(moved)) if moved.size else math.nan
         still = finite & (rwc == 0) if values.get(ALL_KEY, 0.0) > 0 else np.zeros_like(finite)
         ahead = finite & (rwc > runaway_limits(len(rwc), self.factor, self.head_factor) * median) & (median > 0)
         # counters only for the layers that meet a condition now: the others start again from zero
@@ -97,7 +99,7 @@ def first_flags(
     finite = np.isfinite(values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a measurement with no finite value: no median
-        median = np.nanmedian(np.where(finite, values, np.nan), axis=0)
+        median = np.nanmedian(np.where(finite & (values > 0), values, np.nan), axis=0)
     moving = ~(np.asarray(total) <= 0)  # nan counts as moving, as an absent "_all" does
     conditions = {
         "dead": finite & (values == 0) & moving,

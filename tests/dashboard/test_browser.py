@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -109,3 +110,36 @@ def test_a_folder_without_rwc_values_says_so_in_the_page(tmp_path, driver):
         driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "iframe"))
         message = wait_for(lambda: driver.find_element(By.ID, "rwc-message").text)
         assert message.startswith("No run here holds RWC values")
+
+
+def test_the_page_clusters_a_run_and_names_its_scale_steps_and_layers_in_text(real_run, tmp_path, driver):
+    from selenium.webdriver.common.by import By
+
+    run = tmp_path / "logs" / "run"
+    shutil.copytree(real_run.tensorboard_dir, run)
+    history = load_history(run)
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        show_a_layer(driver, settle=3, click=False)
+        driver.find_element(By.ID, "rwc-cluster-now").click()  # a POST from the page: its Host and Origin pass
+        message = wait_for(
+            lambda: (
+                "clusters of" in driver.find_element(By.ID, "rwc-message").text
+                and driver.find_element(By.ID, "rwc-message").text
+            )
+        )
+        assert message.endswith(f"clusters of {len(history.layers)} layers.")
+        assert (run / "rwc_clusters.json").is_file()
+        legend = driver.find_element(By.CSS_SELECTOR, "canvas.rwc-legend")
+        low, high = (float(legend.get_attribute(f"data-{end}")) for end in ("low", "high"))
+        positive = history.values[history.values > 0]
+        assert low == pytest.approx(positive.min(), rel=0.06) and high == pytest.approx(positive.max(), rel=0.06)
+        assert "e-" not in legend.get_attribute("data-high") or positive.max() < 0.01  # plain numbers where they fit
+        ticks = json.loads(driver.find_element(By.CSS_SELECTOR, "canvas.rwc-axis").get_attribute("data-ticks"))
+        assert ticks[0] == f"{history.steps[0]} (epoch {history.epochs[0]})"
+        assert ticks[-1] == f"{history.steps[-1]} (epoch {history.epochs[-1]})"
+        driver.find_element(By.CSS_SELECTOR, "details.rwc-layers summary").click()
+        names = wait_for(lambda: [b.text for b in driver.find_elements(By.CSS_SELECTOR, "button.rwc-layer-name")])
+        assert names == history.layers
+        driver.find_elements(By.CSS_SELECTOR, "button.rwc-layer-name")[3].click()
+        assert wait_for(lambda: driver.find_element(By.ID, "rwc-curve-title").text).startswith(history.layers[3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import struct
 import threading
@@ -17,15 +18,16 @@ from werkzeug.test import Client
 
 from lightning_rwc.dashboard import plugin as plugin_module
 from lightning_rwc.dashboard.plugin import RWCPlugin
+from lightning_rwc.pipeline import cluster_run
 from lightning_rwc.runs import load_history
 
 
-def make_plugin(logdir, read_only: bool = False) -> RWCPlugin:
+def make_plugin(logdir, read_only: bool = False, **flags) -> RWCPlugin:
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    flags = argparse.Namespace(rwc_read_only=read_only)
+    flags = argparse.Namespace(rwc_read_only=read_only, **flags)
     return RWCPlugin(base_plugin.TBContext(logdir=str(logdir), data_provider=provider, flags=flags))
 
 
@@ -113,9 +115,10 @@ def test_column_counts_are_bounded_and_must_be_numbers(logdir):
     assert get(plugin, "/run", run="with_values", columns="many").status_code == 400
 
 
-def post(plugin, run, header: bool = True):
-    headers = {"X-RWC-Request": "1"} if header else {}
-    return Client(plugin.get_plugin_apps()["/cluster"]).post("/cluster", query_string={"run": run}, headers=headers)
+def post(plugin, run, header: bool = True, base_url: str = "http://localhost/", **headers):
+    headers = ({"X-RWC-Request": "1"} if header else {}) | headers
+    client = Client(plugin.get_plugin_apps()["/cluster"])
+    return client.post("/cluster", query_string={"run": run}, headers=headers, base_url=base_url)
 
 
 def test_cluster_now_writes_the_cluster_run_inside_the_run_and_the_page_then_shows_it(logdir, tmp_path):
@@ -212,3 +215,195 @@ def test_freezing_decisions_and_health_flags_are_sent_with_their_steps(logdir, t
         if j >= 0
     ]
     assert [(f["kind"], f["name"], f["step"]) for f in header["health"]] == expected
+
+
+def values_run(root, name: str, layers: int = 20, measurements: int = 30):
+    """A run of planted values in a values file, with the small event file that makes TensorBoard list it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_rwc.values_file import ValuesWriter
+
+    rng = np.random.default_rng(0)
+    names = [f"h.{i}.weight" for i in range(layers)]
+    writer = ValuesWriter(root / name / "rwc_values")
+    for step in range(1, measurements + 1):
+        writer.append(step, step // 10, dict(zip(names, rng.uniform(1e-4, 0.1, layers).tolist(), strict=True)))
+    writer.close()
+    events = SummaryWriter(str(root / name))
+    events.add_scalar("rwc/_all", 1e-3, measurements)
+    events.close()
+    return root / name
+
+
+def test_answers_are_kept_by_the_columns_sent_and_within_the_memory_bound(tmp_path):
+    values_run(tmp_path, "long", layers=50, measurements=5000)
+    plugin = make_plugin(tmp_path, rwc_cache_mb=4)
+    first = get(plugin, "/run", run="long", columns="1000").get_data()
+    held = plugin.cache.nbytes
+    for columns in range(1001, 1100):  # one answer for all of them: 1,000 columns
+        assert get(plugin, "/run", run="long", columns=str(columns)).get_data() == first
+    assert plugin.cache.nbytes == held
+    history = load_history(tmp_path / "long")
+    for columns in range(200, 4001, 100):
+        header, matrix = decode(get(plugin, "/run", run="long", columns=str(columns)))
+        assert matrix.shape == (50, columns) and header["last_steps"][-1] == history.steps[-1]
+        assert plugin.cache.nbytes <= 4 << 20
+    assert plugin.cache.nbytes >= 50 * 5000 * 8  # the run read is kept (its values as float64), with answers
+
+
+def test_files_reached_through_links_are_not_read(tmp_path):
+    outside = values_run(tmp_path, "outside")
+    cluster_run(outside, plots=False, method="kmeans", n_clusters=2)
+    logs = tmp_path / "logs"
+    links = values_run(logs, "segment")  # one segment's values, then its layer list, point outside the log folder
+    (links / "rwc_values" / "000000.bin").unlink()
+    (links / "rwc_values" / "000000.bin").symlink_to(outside / "rwc_values" / "000000.bin")
+    (links / "rwc_clusters.json").symlink_to(outside / "rwc_clusters.json")
+    folder = values_run(logs, "folder")
+    shutil.rmtree(folder / "rwc_values")
+    (folder / "rwc_values").symlink_to(outside / "rwc_values", target_is_directory=True)
+    events = logs / "events"
+    events.mkdir()
+    (events / "events.out.tfevents.1.host").symlink_to(next(outside.glob("*tfevents*")))
+    plugin = make_plugin(logs)
+    for run in ("segment", "folder", "events"):
+        response = get(plugin, "/run", run=run)
+        header, matrix = decode(response)
+        assert response.status_code == 200 and matrix.size == 0 and header["clusters"] is None
+        assert any("symbolic link" in warning for warning in header["warnings"]), header["warnings"]
+    header, _ = decode(get(plugin, "/run", run="segment"))
+    assert any("rwc_clusters.json" in warning for warning in header["warnings"])
+
+
+def test_clustering_writes_nothing_through_links(logdir, tmp_path):
+    run = tmp_path / "logs" / "run"
+    shutil.copytree(logdir / "with_values", run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("kept")
+    for name in (".rwc_clusters.json.tmp", "rwc_clusters.json"):  # temporaries of earlier versions, the output
+        (run / name).symlink_to(outside / "kept.txt")
+    for name in (".rwc_clusters.tmp", ".rwc_clusters.old"):
+        (run / name).symlink_to(outside, target_is_directory=True)
+    answer = post(make_plugin(tmp_path / "logs"), "run")
+    assert answer.status_code == 200, answer.get_data()
+    assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"] and (outside / "kept.txt").read_text() == "kept"
+    written = run / "rwc_clusters.json"
+    assert not written.is_symlink() and json.loads(written.read_text())["labels"].keys() == set(
+        load_history(run).layers
+    )
+    assert not (run / "rwc_clusters").is_symlink() and any((run / "rwc_clusters").glob("*tfevents*"))
+
+
+def record(payload: bytes, length: int | None = None) -> bytes:
+    """One event file record (TFRecord framing) holding ``payload``; ``length``: what its header claims."""
+    from lightning_rwc.tensorboard import masked_crc32c
+
+    head = struct.pack("<Q", len(payload) if length is None else length)
+    return head + struct.pack("<I", masked_crc32c(head)) + payload + struct.pack("<I", masked_crc32c(payload))
+
+
+def string_scalar() -> bytes:
+    from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+
+    value = summary_pb2.Summary.Value(tag="rwc/net.0.weight", tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING))
+    value.tensor.string_val.append(b"not a number")
+    value.metadata.plugin_data.plugin_name = "scalars"
+    return event_pb2.Event(step=10**6, summary=summary_pb2.Summary(value=[value])).SerializeToString()
+
+
+def damage(run, kind: str) -> str:
+    """Damage ``run`` as ``kind`` says; returns what the warning about it says."""
+    events = next(run.glob("*tfevents*"))
+    segment = run / "rwc_values" / "000000.bin"
+    if kind == "not an event":
+        events.write_bytes(events.read_bytes() + record(b"\xff" * 40))
+    elif kind == "a string scalar":
+        events.write_bytes(events.read_bytes() + record(string_scalar()))
+        return "hold no number"
+    elif kind == "a header claiming 1 TiB":
+        events.write_bytes(events.read_bytes() + record(b"", length=1 << 40)[:12])
+        return "a record of 1099511627776 bytes"
+    elif kind == "NaN in the clusters":
+        (run / "rwc_clusters.json").write_text('{"labels": {"a": NaN}, "clusters": [], "steps": []}')
+        return "NaN is not JSON"
+    elif kind == "a 1 TiB values segment":
+        os.truncate(segment, 1 << 40)  # sparse: no disk used
+        return "more than the"
+    elif kind == "a FIFO as a values segment":
+        shutil.copy(run / "rwc_values" / "000000.json", run / "rwc_values" / "000001.json")
+        os.mkfifo(run / "rwc_values" / "000001.bin")
+        return "not a regular file"
+    return kind
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "not an event",
+        "a string scalar",
+        "a header claiming 1 TiB",
+        "NaN in the clusters",
+        "a 1 TiB values segment",
+        "a FIFO as a values segment",
+    ],
+)
+def test_a_damaged_run_gets_an_answer_with_a_warning_and_other_runs_keep_answering(logdir, tmp_path, kind):
+    logs = tmp_path / "logs"
+    shutil.copytree(logdir / ("with_values" if "values" in kind else "events_only"), logs / "run")
+    shutil.copytree(logdir / "with_values", logs / "sound")
+    plugin = make_plugin(logs)  # TensorBoard has read the runs before the damage: only the tab reads them after it
+    said = damage(logs / "run", kind)
+    responses = []
+    asking = threading.Thread(target=lambda: responses.append(get(plugin, "/run", run="run")), daemon=True)
+    asking.start()
+    asking.join(timeout=60)
+    assert responses, "the request hung"
+    header, matrix = decode(responses[0])
+    assert responses[0].status_code == 200
+    assert any(said in warning for warning in header["warnings"]), header["warnings"]
+    if kind != "a 1 TiB values segment":  # the values before the damage, or beside it, are shown
+        np.testing.assert_array_equal(matrix, load_history(logdir / "with_values").values.astype(np.float32))
+    assert get(plugin, "/run", run="sound").status_code == 200
+
+
+def test_clustering_is_refused_to_pages_of_other_sites(logdir, tmp_path):
+    shutil.copytree(logdir / "with_values", tmp_path / "logs" / "run")
+    plugin = make_plugin(tmp_path / "logs")
+    for base, origin in [
+        ("http://rebound.example:6006/", None),  # a DNS name pointed at this server by another site
+        ("http://rebound.example:6006/", "http://rebound.example:6006"),
+        ("http://localhost:6006/", "http://elsewhere.example"),
+        ("http://localhost:6006/", "null"),
+    ]:
+        answer = post(plugin, "run", base_url=base, **({"Origin": origin} if origin else {}))
+        assert answer.status_code == 403 and "refused" in json.loads(answer.get_data())["error"]
+    assert not (tmp_path / "logs" / "run" / "rwc_clusters.json").exists()
+    for base in ("http://localhost:6006/", "http://127.0.0.1:6006/", "http://[::1]:6006/"):
+        assert post(plugin, "run", base_url=base, Origin=base.rstrip("/")).status_code == 200
+    behind = make_plugin(tmp_path / "logs", rwc_allowed_hosts="tb.example.org")
+    assert post(behind, "run", base_url="https://tb.example.org/", Origin="https://tb.example.org").status_code == 200
+
+
+def test_each_column_says_the_optimizer_steps_it_covers_and_uneven_intervals_are_warned_of(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_rwc.values_file import ValuesWriter
+
+    run = tmp_path / "mixed"
+    writer = ValuesWriter(run / "rwc_values")
+    steps = [4, 6, 10, 12, 16, 18]  # every_n_steps=4 with an epoch's end every 6 steps
+    for step in steps:
+        writer.append(step, step // 6, {"a.weight": 0.01, "b.weight": 0.02})
+    writer.close()
+    events = SummaryWriter(str(run))
+    events.add_scalar("rwc/_all", 1e-3, 18)
+    events.close()
+    plugin = make_plugin(tmp_path)
+    header, _ = decode(get(plugin, "/run", run="mixed"))
+    assert header["intervals"] == [4, 2, 4, 2, 4, 2]
+    assert any("different numbers of optimizer steps (2, 4)" in warning for warning in header["warnings"])
+    header, _ = decode(get(plugin, "/run", run="mixed", columns="3"))  # two measurements a column: their mean
+    assert header["intervals"] == [3, 3, 3]
+    header, _ = decode(get(plugin, "/run", run="mixed", columns="2"))
+    assert header["intervals"] == [(4 + 2 + 4) / 3, (2 + 4 + 2) / 3]

@@ -59,3 +59,24 @@ def test_first_flags_of_a_whole_table_agree_with_the_check_measurement_by_measur
                     i = names.index(name)
                     first[kind][i] = j if first[kind][i] < 0 else first[kind][i]
         assert {kind: flags.tolist() for kind, flags in first_flags(values, total).items()} == first
+
+
+def test_dead_layers_are_left_out_of_the_median_of_the_runaway_test():
+    import numpy as np
+
+    from lightning_rwc.decide.health import first_flags
+
+    moving = np.geomspace(1e-3, 1e-2, 60)
+    layers = {f"dead{i}": 0.0 for i in range(40)} | {f"l{i}": v for i, v in enumerate(moving)}
+    layers |= {"fast": 0.06, "head": 0.01, "_all": 0.01}
+    of_moving = float(np.median([v for k, v in layers.items() if k != "_all" and v > 0]))  # 3.4e-3: 18x
+    with_zeros = float(np.median([v for k, v in layers.items() if k != "_all"]))  # 1.5e-3: 40x, past 30
+    assert 30 * of_moving > 0.06 and 30 * with_zeros < 0.06
+    check = HealthCheck(patience=1)
+    dead, runaway = check.update(layers)
+    assert dead == [f"dead{i}" for i in range(40)] and runaway == []
+    table = np.array([[v, v] for k, v in layers.items() if k != "_all"])
+    flags = first_flags(table, np.full(2, 0.01), patience=1)
+    assert (flags["dead"][:40] == 0).all() and (flags["runaway"] == -1).all()
+    layers["fast"] = 31 * of_moving  # beyond 30x the median of the layers that moved: flagged
+    assert check.update(layers) == ([], ["fast"])

@@ -580,3 +580,23 @@ def test_many_layers_without_a_value_give_one_warning_with_how_many_and_a_few_na
     assert messages == [
         "RWC of 10 layers is nan: their previous weights are all zero ('0.weight', '1.weight', '2.weight' and 7 more)."
     ]
+
+
+@pytest.mark.parametrize(
+    "norm, stated",  # as the README and the reading guide state them, for PyTorch's default initialisation
+    [("l1", lambda lr, fan_in: 2 * lr * math.sqrt(fan_in)), ("l2", lambda lr, fan_in: lr * math.sqrt(3 * fan_in))],
+)
+@pytest.mark.parametrize("fan_in", [32, 256, 1024])
+def test_adams_first_step_gives_the_rwc_the_docs_state_for_each_norm(norm, stated, fan_in):
+    torch.manual_seed(fan_in)
+    layer, lr = nn.Linear(fan_in, 256), 1e-3
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    tracker = WeightChangeTracker(layer, norm=norm)
+    layer(torch.randn(64, fan_in)).square().mean().backward()
+    optimizer.step()
+    measured = tracker.step()["weight"]
+    before = layer.weight.detach().double() + lr * torch.sign(layer.weight.grad.double())  # every weight moved by lr
+    order = 1 if norm == "l1" else 2
+    reference = (lr * layer.weight.numel() ** (1 / order)) / torch.linalg.vector_norm(before, order).item()
+    assert measured == pytest.approx(reference, rel=1e-3)
+    assert measured == pytest.approx(stated(lr, fan_in), rel=0.05)  # the formula, up to the spread of the init

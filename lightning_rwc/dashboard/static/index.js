@@ -27,6 +27,12 @@ function viridis(t) {
   return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
 }
 
+function plain(value) {  // a scale's end in plain numbers, two digits: 0.25, 12, 4.1e-4
+  if (value >= 0.01 && value < 1000) return String(Number(value.toPrecision(2)));
+  const [mantissa, exponent] = value.toExponential(1).split('e');
+  return `${Number(mantissa)}e${Number(exponent)}`;
+}
+
 function fmt(value) {
   if (!Number.isFinite(value)) return 'missing';
   if (value === 0) return '0 (no change)';
@@ -82,7 +88,11 @@ class RunPanel {
     this.status = el('div', {class: 'rwc-status'});
     this.legend = el('canvas', {width: 360, height: 34, class: 'rwc-legend'});
     this.labels = el('canvas', {width: 150, height: 10});
-    this.heatmap = el('canvas', {class: 'rwc-heatmap', width: 800, height: 10});
+    this.heatmap = el('canvas', {class: 'rwc-heatmap', width: 800, height: 10, role: 'img'});
+    this.axis = el('canvas', {class: 'rwc-axis', width: 800, height: 30, role: 'img', style: 'margin-left: 150px'});
+    this.layerList = el('ol', {class: 'rwc-layer-list'});
+    this.layerSummary = el('summary', {}, 'Layers');
+    this.layerDetails = el('details', {class: 'rwc-layers', ontoggle: () => this.listLayers()}, this.layerSummary, this.layerList);
     this.tooltip = el('div', {id: 'rwc-tooltip', class: 'rwc-tooltip', style: 'display:none'});
     this.curveTitle = el('div', {class: 'rwc-curve-title'}, 'Click a row (or a block label) for its curve.');
     this.curves = el('canvas', {width: 560, height: 240});
@@ -97,7 +107,7 @@ class RunPanel {
     this.node = el('section', {class: 'rwc-panel', 'data-run': run},
       el('h3', {}, run), this.status, this.clusterLegend,
       el('div', {class: 'rwc-controls'}, 'Steps ', this.from, ' to ', this.to, ' ', reset, ' ', this.legend),
-      this.scroller, this.tooltip,
+      this.scroller, this.axis, this.layerDetails, this.tooltip,
       el('div', {class: 'rwc-below'},
         el('div', {}, this.curveTitle, this.curves),
         el('div', {}, this.depthTitle, this.depth),
@@ -142,11 +152,15 @@ class RunPanel {
     return all.filter((j) => h.last_steps[j] >= this.zoom[0] && h.first_steps[j] <= this.zoom[1]);
   }
 
+  cell(i, j) {  // one layer's value in column j, per optimizer step in the per-step view
+    const {values, header} = this.data, v = values[i * header.shape[1] + j];
+    return this.state.perStep && header.intervals ? v / header.intervals[j] : v;
+  }
+
   value(row, j) {
-    const {values, header} = this.data, n = header.shape[1];
-    if (row.members.length === 1) return values[row.members[0] * n + j];
+    if (row.members.length === 1) return this.cell(row.members[0], j);
     let sum = 0, count = 0;
-    for (const i of row.members) { const v = values[i * n + j]; if (v > 0) { sum += Math.log10(v); count++; } }
+    for (const i of row.members) { const v = this.cell(i, j); if (v > 0) { sum += Math.log10(v); count++; } }
     return count ? 10 ** (sum / count) : NaN;
   }
 
@@ -158,7 +172,12 @@ class RunPanel {
     const rows = this.rows(), cols = this.columns();
     this.currentRows = rows; this.currentCols = cols;
     let lo = Infinity, hi = -Infinity;
-    for (const v of this.data.values) if (v > 0) { const l = Math.log10(v); if (l < lo) lo = l; if (l > hi) hi = l; }
+    for (let i = 0; i < h.shape[0]; i++) {
+      for (let j = 0; j < h.shape[1]; j++) {
+        const v = this.cell(i, j);
+        if (v > 0) { const l = Math.log10(v); if (l < lo) lo = l; if (l > hi) hi = l; }
+      }
+    }
     if (!(hi > lo)) { lo = (lo === Infinity ? -4 : lo) - 1; hi = lo + 2; }
     this.range = [lo, hi];
     const rowH = rows.length > 2000 ? 1 : rows.length > 300 ? 2 : Math.max(3, Math.floor(480 / rows.length));
@@ -180,6 +199,11 @@ class RunPanel {
     this.drawMarks(ctx, rows, cols, width);
     this.drawLabels(rows);
     this.drawLegend();
+    this.drawAxis(cols, width);
+    this.heatmap.setAttribute('aria-label', `RWC heatmap: ${rows.length} rows (the list of layers below names them) x ` +
+      `${cols.length} columns, steps ${cols.length ? h.first_steps[cols[0]] : '-'} to ${cols.length ? h.last_steps[cols[cols.length - 1]] : '-'}`);
+    this.layerSummary.textContent = `${rows.length} ${this.state.collapse ? 'blocks' : 'layers'}, in the order of the rows (names to select or read aloud)`;
+    this.listLayers();
     Object.assign(this.heatmap.dataset, {rows: rows.length, columns: cols.length, layers: h.layers.length,
       clusters: h.clusters ? h.clusters.clusters.length : 0, drawMs: (performance.now() - started).toFixed(1)});
     this.drawDecisions(h);
@@ -238,13 +262,48 @@ class RunPanel {
 
   drawLegend() {
     const ctx = this.legend.getContext('2d'), [lo, hi] = this.range;
+    const low = plain(10 ** lo), high = plain(10 ** hi);
     ctx.clearRect(0, 0, 360, 34);
     for (let x = 0; x < 240; x++) { const c = viridis(x / 239); ctx.fillStyle = `rgb(${c})`; ctx.fillRect(x, 0, 1, 14); }
     ctx.fillStyle = `rgb(${MISSING})`; ctx.fillRect(250, 0, 14, 14);
     ctx.fillStyle = '#000'; ctx.fillRect(300, 0, 14, 14);
     ctx.fillStyle = '#333'; ctx.font = '10px sans-serif';
-    ctx.fillText(`1e${lo.toFixed(1)}`, 0, 27); ctx.fillText(`1e${hi.toFixed(1)} (log RWC)`, 150, 27);
+    ctx.fillText(low, 0, 27); ctx.fillText('RWC (log scale)', 85, 27);
+    ctx.fillText(high, 240 - ctx.measureText(high).width, 27);
     ctx.fillText('missing', 246, 27); ctx.fillText('0', 304, 27);
+    this.legend.setAttribute('aria-label', `Colour scale: RWC from ${low} to ${high}, log scale; grey: missing; black: 0`);
+    Object.assign(this.legend.dataset, {low, high});
+  }
+
+  drawAxis(cols, width) {
+    const h = this.data.header, ctx = this.axis.getContext('2d');
+    this.axis.width = width;
+    ctx.clearRect(0, 0, width, 30);
+    ctx.fillStyle = '#444'; ctx.strokeStyle = '#888'; ctx.font = '10px sans-serif';
+    const count = Math.min(cols.length, Math.max(2, Math.floor(width / 110))), colW = width / Math.max(cols.length, 1);
+    const ticks = [];
+    for (let k = 0; k < count; k++) {
+      const c = count > 1 ? Math.round((k * (cols.length - 1)) / (count - 1)) : 0, j = cols[c];
+      const x = (c + 0.5) * colW, step = String(h.first_steps[j]), epoch = h.epochs[j];
+      const text = epoch >= 0 ? `${step} (epoch ${epoch})` : step;
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, 5); ctx.stroke();
+      ctx.fillText(text, Math.min(Math.max(x - ctx.measureText(text).width / 2, 0), width - ctx.measureText(text).width), 16);
+      ticks.push(text);
+    }
+    ctx.fillText('step', 0, 28);
+    this.axis.dataset.ticks = JSON.stringify(ticks);
+    this.axis.setAttribute('aria-label', `Steps: ${ticks.join(', ')}`);
+  }
+
+  listLayers() {
+    if (!this.layerDetails.open || !this.currentRows) return;
+    this.layerList.replaceChildren(...this.currentRows.map((row) => el('li', {},
+      el('button', {type: 'button', class: 'rwc-layer-name', onclick: () => this.select({title: row.label, members: row.members})}, row.label))));
+  }
+
+  select(selection) {
+    this.selection = selection;
+    this.drawCurves(selection);
   }
 
   cellAt(e) {
@@ -260,7 +319,10 @@ class RunPanel {
     if (!cell) { this.tooltip.style.display = 'none'; return; }
     const h = this.data.header, {row, j} = cell;
     const steps = h.first_steps[j] === h.last_steps[j] ? `${h.first_steps[j]}` : `${h.first_steps[j]}-${h.last_steps[j]}`;
-    this.tooltip.textContent = `${row.label} | block ${row.block || '-'} | step ${steps} | epoch ${h.epochs[j]} | RWC ${fmt(this.value(row, j))}`;
+    const epoch = h.epochs[j] >= 0 ? ` | epoch ${h.epochs[j]}` : '';  // unknown epochs are not shown
+    const interval = h.intervals ? ` | over ${Number(h.intervals[j].toPrecision(3))} steps` : '';
+    const per = this.state.perStep && h.intervals ? ' per step' : '';
+    this.tooltip.textContent = `${row.label} | block ${row.block || '-'} | step ${steps}${epoch}${interval} | RWC${per} ${fmt(this.value(row, j))}`;
     Object.assign(this.tooltip.style, {display: 'block', left: `${e.pageX + 12}px`, top: `${e.pageY + 12}px`});
   }
 
@@ -278,8 +340,7 @@ class RunPanel {
     const span = (this.blockSpans || []).find((s) => y >= s.from * this.rowH && y < s.to * this.rowH);
     if (!span) return;
     const members = this.currentRows.slice(span.from, span.to).flatMap((row) => row.members);
-    this.selection = {title: `block ${span.block}`, members};
-    this.drawCurves(this.selection);
+    this.select({title: `block ${span.block}`, members});
   }
 
   zoomTo() {
@@ -289,7 +350,7 @@ class RunPanel {
   }
 
   drawCurves(selection) {
-    const h = this.data.header, n = h.shape[1], cols = this.columns();
+    const h = this.data.header, cols = this.columns();
     const box = {x: 40, y: 8, w: 500, h: 200}, ctx = this.curves.getContext('2d');
     ctx.clearRect(0, 0, 560, 240);
     const [lo, hi] = this.range, x = (c) => box.x + (c / Math.max(cols.length - 1, 1)) * box.w;
@@ -308,7 +369,7 @@ class RunPanel {
       ctx.strokeStyle = CLUSTER_COLORS[k % CLUSTER_COLORS.length]; ctx.beginPath();
       let started = false;
       cols.forEach((j, c) => {
-        const v = this.data.values[i * n + j];
+        const v = this.cell(i, j);
         if (!(v > 0)) { started = false; return; }
         if (started) ctx.lineTo(x(c), y(v)); else { ctx.moveTo(x(c), y(v)); started = true; }
       });
@@ -326,8 +387,8 @@ class RunPanel {
   }
 
   drawDepth(j) {
-    const h = this.data.header, n = h.shape[1], ctx = this.depth.getContext('2d');
-    const points = h.layers.map((_, i) => [i, this.data.values[i * n + j]]).filter(([, v]) => v > 0);
+    const h = this.data.header, ctx = this.depth.getContext('2d');
+    const points = h.layers.map((_, i) => [i, this.cell(i, j)]).filter(([, v]) => v > 0);
     ctx.clearRect(0, 0, 400, 240);
     if (points.length < 2) return;
     const box = {x: 40, y: 8, w: 340, h: 200}, [lo, hi] = this.range;
@@ -366,13 +427,15 @@ export async function render() {
       border-radius: 3px; pointer-events: none; z-index: 10; }
     .rwc-decisions { font-size: 12px; max-height: 220px; overflow-y: auto; }
     .rwc-controls { font-size: 13px; display: flex; align-items: center; gap: 4px; }
-    .rwc-cluster-legend { font-size: 12px; margin: 2px 0 6px; }`));
-  const state = {collapse: false, byCluster: false};
+    .rwc-cluster-legend { font-size: 12px; margin: 2px 0 6px; }
+    .rwc-layers { font-size: 12px; margin: 4px 0; } .rwc-layer-list { max-height: 240px; overflow-y: auto; }
+    .rwc-layer-name { border: none; background: none; padding: 0; font: inherit; cursor: pointer; text-align: left; }`));
+  const state = {collapse: false, byCluster: false, perStep: false};
   const pickA = el('select', {id: 'rwc-run'}), pickB = el('select', {id: 'rwc-run-b'});
   const message = el('span', {id: 'rwc-message', style: 'margin-left: 12px; font-size: 13px'});
   const clusterNow = el('button', {id: 'rwc-cluster-now'}, 'Cluster now');
-  const toggles = [['collapse', 'Collapse blocks'], ['byCluster', 'Order by cluster']].map(([key, text]) =>
-    el('label', {style: 'margin-left: 12px'}, el('input', {type: 'checkbox', onchange: (e) => { state[key] = e.target.checked; panels.forEach((p) => p.data && p.draw()); }}), ` ${text}`));
+  const toggles = [['collapse', 'Collapse blocks'], ['byCluster', 'Order by cluster'], ['perStep', 'Per step']].map(([key, text]) =>
+    el('label', {style: 'margin-left: 12px'}, el('input', {type: 'checkbox', id: `rwc-${key}`, onchange: (e) => { state[key] = e.target.checked; panels.forEach((p) => p.data && p.draw()); }}), ` ${text}`));
   const area = el('div', {id: 'rwc-panels'});
   document.body.append(el('div', {}, 'Run ', pickA, ' beside ', pickB, ' ', clusterNow, ...toggles, message), area);
   let panels = [], versions = {};
