@@ -105,7 +105,8 @@ def bench_page(logdir: Path, runs: tuple[str, ...] = ("long",)) -> list[dict]:
                 panel = driver.find_element(By.CSS_SELECTOR, "section.rwc-panel")
                 heatmap = driver.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap")
                 shown = panel.get_attribute("data-run")
-                row = {"run": shown, "page": visit, "rows": layers, "columns": int(heatmap.get_attribute("data-columns"))}
+                row = {"run": shown, "page": visit, "rows": layers}
+                row |= {"columns": int(heatmap.get_attribute("data-columns"))}
                 row |= {"data s (asked to arrived)": float(panel.get_attribute("data-fetch-ms")) / 1e3}
                 row |= {"heatmap drawn s (<= 1)": float(heatmap.get_attribute("data-draw-ms")) / 1e3}
                 rows.append(row | {"MB sent (<= 8)": int(panel.get_attribute("data-bytes")) / 1e6})

@@ -34,9 +34,9 @@ napoleon_numpy_docstring = False
 nitpicky = True  # a reference to an object of the package that is not documented fails the build
 nitpick_ignore_regex = [
     ("py:.*", r"(torch|np|numpy|nn|pl|lightning|typing|typing_extensions|collections|re|os|abc|dataclasses)\b.*"),
-    ("py:.*", r"(pathlib|argparse|enum|tensorboard|triton)\..*"),
+    ("py:.*", r"(pathlib|argparse|enum|tensorboard|triton|transformers)\..*"),
     ("py:class", r"(Norm|Kernel|ParamSelection|AdapterMode|Source|Rule|Change)"),
-    ("py:class", r"(HistogramTime|FreezeMode|FreezeOrder|Method|Emit|Scalars)"),
+    ("py:class", r"(HistogramTime|FreezeMode|FreezeOrder|Method|Emit|Scalars|Opener)"),
     ("py:.*", r"(TensorBoardLogger|SummaryWriter|Figure|TBContext|TBPlugin|base_plugin\..*|MisconfigurationException)"),
     ("py:.*", r"(.*\.)?_\w+"),  # private names appear in signatures, and are not documented
     ("py:.*", r"(Tensor|Module|Parameter|Optimizer|Trainer|LightningModule|Callback|Logger|Path|PathLike|Pattern)"),

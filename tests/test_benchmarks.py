@@ -73,3 +73,12 @@ def test_optimizer_source_benchmark_smoke_run_writes_its_table(tmp_path):
     for contender in ("| none |", "| snapshot |", "| optimizer |", "| copy |"):
         assert contender in report
     assert "measurement / copy" in report and "bytes held" in report
+
+
+@pytest.mark.slow
+def test_trainer_callback_benchmark_smoke_run_writes_its_table(tmp_path):
+    pytest.importorskip("transformers")
+    report = smoke_report("trainer_callback", tmp_path)
+    for contender in ("| none |", "| bare tracker |", "| callback |"):
+        assert contender in report
+    assert "ms per step" in report and "extra ms / bare tracker's" in report

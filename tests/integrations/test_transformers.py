@@ -1,0 +1,157 @@
+"""RelativeWeightChangeCallback in Hugging Face's Trainer: the values a float64 reference gives at every measurement,
+with gradient accumulation, LoRA and resume; the run read back, clustered and listed as a Lightning run is."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+import torch
+from conftest import effective_weights, reference_rwc
+
+pytest.importorskip("transformers")
+
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from lightning_rwc.integrations.transformers import STATE_FILE, RelativeWeightChangeCallback  # noqa: E402
+from lightning_rwc.runs import load_history  # noqa: E402
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random sequences of the tiny GPT-2's vocabulary, their own labels."""
+
+    def __init__(self, n: int = 64, length: int = 16) -> None:
+        self.tokens = torch.randint(0, 64, (n, length), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+
+
+def tiny_gpt2(lora: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=16))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn", "c_proj"]))
+    return model
+
+
+class Recorder(TrainerCallback):
+    """Float64 copies of what the callback measures, at the start and after every optimizer step."""
+
+    def __init__(self, lora: bool) -> None:
+        self.lora, self.by_step = lora, {}
+
+    def copy(self, model) -> dict[str, torch.Tensor]:
+        if self.lora:
+            return effective_weights(model)
+        return {n: p.detach().double().clone() for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.by_step.setdefault(state.global_step, self.copy(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.by_step[state.global_step] = self.copy(model)
+
+
+def train(tmp_path, callback, lora=False, accumulation=1, resume=None, save_steps=None, max_steps=-1):
+    recorder = Recorder(lora)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=2,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        report_to=["tensorboard"],
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=4,
+    )
+    trainer = Trainer(model=tiny_gpt2(lora), args=args, train_dataset=Tokens(), callbacks=[recorder, callback])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, recorder
+
+
+def assert_equal_to_the_reference(callback, recorder, lora: bool):
+    history, previous = callback.history, 0
+    assert len(history) >= 2
+    for j, step in enumerate(history.steps):
+        expected = reference_rwc(recorder.by_step[previous], recorder.by_step[step], "l1")
+        total = expected.pop("_all")
+        rows = {
+            (name.removeprefix("base_model.model.") + ".weight" if lora else name): v for name, v in expected.items()
+        }
+        assert sorted(rows) == sorted(history.layers)
+        for i, layer in enumerate(history.layers):
+            assert history.values[i, j] == pytest.approx(rows[layer], rel=1e-5), (layer, step)
+        assert history.total[j] == pytest.approx(total, rel=1e-5)
+        previous = step
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_every_value_equals_a_float64_reference_counting_optimizer_steps(tmp_path, accumulation):
+    callback = RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=3)
+    trainer, recorder = train(tmp_path, callback, accumulation=accumulation)
+    steps = trainer.state.global_step  # 64 samples / 4 per batch / accumulation, for 2 epochs
+    assert steps == 32 // accumulation
+    assert callback.history.steps == list(range(3, steps + 1, 3))
+    assert_equal_to_the_reference(callback, recorder, lora=False)
+    logged = [entry for entry in trainer.state.log_history if "rwc/_all" in entry]
+    assert [entry["step"] for entry in logged] == callback.history.steps  # the Trainer's own log history has them
+    assert all("rwc_health/dead_layers" in entry for entry in logged)
+
+
+def test_lora_layers_are_measured_by_their_effective_weight(tmp_path):
+    callback = RelativeWeightChangeCallback(every_n_epochs=1, every_n_steps=None)
+    _, recorder = train(tmp_path, callback, lora=True)
+    assert callback.history.steps == [16, 32]
+    assert any("c_attn" in layer for layer in callback.history.layers)
+    assert_equal_to_the_reference(callback, recorder, lora=True)
+
+
+def test_a_resumed_run_continues_the_curves_exactly(tmp_path):
+    whole = RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=3)
+    train(tmp_path / "whole", whole, save_steps=10)
+    assert (tmp_path / "whole" / "out" / "checkpoint-10" / STATE_FILE).is_file()
+    resumed = RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=3)
+    train(tmp_path / "whole", resumed, resume=str(tmp_path / "whole" / "out" / "checkpoint-10"))
+    after = [j for j, step in enumerate(whole.history.steps) if step > 10]  # 12 covers 9 to 12: across the save
+    assert resumed.history.steps[-len(after) :] == [whole.history.steps[j] for j in after]
+    torch.testing.assert_close(
+        torch.from_numpy(resumed.history.values[:, -len(after) :]), torch.from_numpy(whole.history.values[:, after])
+    )
+
+
+def test_the_run_reads_back_clusters_and_shows_in_the_rwc_tab_as_a_lightning_run(tmp_path, capsys):
+    from lightning_rwc.cli import main
+
+    callback = RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=2)
+    train(tmp_path, callback)
+    (run,) = (tmp_path / "out" / "runs").iterdir()  # the Trainer's own TensorBoard run
+    assert any(run.glob("events.out.tfevents.*")) and (run / "rwc_values").is_dir()
+    read = load_history(run)
+    assert read.layers == callback.history.layers and read.steps == callback.history.steps
+    torch.testing.assert_close(torch.from_numpy(read.values), torch.from_numpy(callback.history.values))
+    assert main(["cluster", str(run), "--no-plots"]) == 0
+    assert (run / "rwc_clusters.json").is_file()
+    from dashboard.test_plugin import get, make_plugin  # the route tests' TensorBoard provider and context
+
+    plugin = make_plugin(tmp_path / "out" / "runs")
+    assert [entry["run"] for entry in json.loads(get(plugin, "/runs").get_data())["runs"]] == [run.name]
+
+
+def test_without_transformers_the_import_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "lightning_rwc.integrations.transformers", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'lightning-rwc\[transformers\]'"):
+        importlib.import_module("lightning_rwc.integrations.transformers")
