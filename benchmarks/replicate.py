@@ -67,6 +67,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="replication")
     parser.add_argument("--log-dir", default=None, help="TensorBoard runs (default: OUT/runs)")
     parser.add_argument("--cluster-method", choices=("hdbscan", "kmeans"), default="hdbscan")
+    parser.add_argument(
+        "--findings-of",
+        default=None,
+        metavar="DIR",
+        help="train nothing: write the findings of an earlier report in DIR again, from its histories.json and the "
+        "accuracies in its report.md",
+    )
     args = parser.parse_args(argv)
     if args.full:
         args.epochs, args.seeds, args.subset, args.test_subset, args.vgg = 150, 5, 0, 0, "vgg19_bn"
@@ -310,10 +317,43 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, co
     return "\n".join(lines) + "\n"
 
 
+def findings_again(folder: Path) -> Path:
+    """Rewrite the findings of ``folder/report.md`` from ``histories.json`` and the accuracies in the report."""
+    import json
+    import re
+
+    from lightning_rwc.history import RWCHistory
+
+    text = (folder / "report.md").read_text()
+    accuracy = {
+        (model, dataset): float(acc)
+        for model, dataset, acc in re.findall(r"^\| (\w+) \| ([\w-]+) \| ([\d.]+)", text, flags=re.M)
+    }
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for key, histories in json.loads((folder / "histories.json").read_text()).items():
+        model, dataset = key.split("/")
+        for state in histories:
+            history = RWCHistory()
+            history.load_state_dict(state)
+            runs.setdefault((model, dataset), []).append({"history": history, "accuracy": accuracy[model, dataset]})
+    head, rest = text.split("## Findings\n", 1)
+    tail = rest[rest.index("## Test accuracy") :]
+    for (model, dataset), acc in accuracy.items():  # the table says which runs did not learn
+        if acc < LEARNED:
+            row = re.compile(rf"^(\| {model} \| {dataset} \| [\d.]+)( \|)", flags=re.M)
+            tail = row.sub(r"\1 (did not learn)\2", tail)
+    note = f"Findings written again from `histories.json` by `python -m benchmarks.replicate --findings-of {folder}`."
+    lines = [note, "", FINDING_2, "", *[f"- {line}" for line in findings(runs)], "", ""]
+    (folder / "report.md").write_text(head + "## Findings\n\n" + "\n".join(lines) + tail)
+    return folder / "report.md"
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     import sys
 
     args = parse_args(argv)
+    if args.findings_of:
+        return findings_again(Path(args.findings_of))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -63,3 +63,20 @@ def test_runs_that_did_not_learn_are_flagged_and_left_out_and_deeper_blocks_comp
     (deeper,) = [line for line in lines if "deeper layers" in line]
     blocks = [(1 + 0.5 * g.mean()) for g in np.array_split(np.arange(8), 4)]  # fashion over digits, per block
     assert "**held**" in deeper and ", ".join(f"{b:.2f}x" for b in blocks) in deeper
+
+
+def test_findings_of_an_earlier_report_are_written_again_from_its_histories(tmp_path):
+    from lightning_rwc.files import write_json
+    from lightning_rwc.history import RWCHistory
+
+    values = 0.01 / np.arange(1, 5) * np.ones((5, 1))
+    history = RWCHistory.from_arrays([f"features.{i}.weight" for i in range(5)], [1, 2, 3, 4], values, total=values[0])
+    write_json(
+        tmp_path / "histories.json", {"vgg_bn/digits": [history.as_json()], "alexnet/digits": [history.as_json()]}
+    )
+    table = "| vgg_bn | digits | 0.950 |  | 0.1 |\n| alexnet | digits | 0.100 |  | 0.0 |\n"
+    (tmp_path / "report.md").write_text(f"# R\n\n## Findings\n\n- old\n\n## Test accuracy\n\n{table}")
+    text = main(["--findings-of", str(tmp_path)]).read_text()
+    assert "- old" not in text and "1. vgg_bn on digits: RWC falls over training: **held**" in text
+    assert "alexnet on digits: **left out**: test accuracy 0.100" in text and "1. alexnet" not in text
+    assert "| alexnet | digits | 0.100 (did not learn) |" in text and "| vgg_bn | digits | 0.950 |" in text

@@ -60,14 +60,14 @@ class Recorder(TrainerCallback):
         self.by_step[state.global_step] = self.copy(model)
 
 
-def train(tmp_path, callback, lora=False, accumulation=1, resume=None, save_steps=None, max_steps=-1):
+def train(tmp_path, callback, lora=False, accumulation=1, resume=None, save_steps=None, bf16=False):
     recorder = Recorder(lora)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=accumulation,
         num_train_epochs=2,
-        max_steps=max_steps,
+        bf16=bf16,
         learning_rate=1e-3,
         report_to=["tensorboard"],
         save_strategy="steps" if save_steps else "no",
@@ -98,10 +98,10 @@ def assert_equal_to_the_reference(callback, recorder, lora: bool):
         previous = step
 
 
-@pytest.mark.parametrize("accumulation", [1, 4])
-def test_every_value_equals_a_float64_reference_counting_optimizer_steps(tmp_path, accumulation):
+@pytest.mark.parametrize(("accumulation", "bf16"), [(1, False), (4, False), (1, True)])
+def test_every_value_equals_a_float64_reference_counting_optimizer_steps(tmp_path, accumulation, bf16):
     callback = RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=3)
-    trainer, recorder = train(tmp_path, callback, accumulation=accumulation)
+    trainer, recorder = train(tmp_path, callback, accumulation=accumulation, bf16=bf16)  # bf16: autocast
     steps = trainer.state.global_step  # 64 samples / 4 per batch / accumulation, for 2 epochs
     assert steps == 32 // accumulation
     assert callback.history.steps == list(range(3, steps + 1, 3))
@@ -155,3 +155,23 @@ def test_without_transformers_the_import_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "lightning_rwc.integrations.transformers", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'lightning-rwc\[transformers\]'"):
         importlib.import_module("lightning_rwc.integrations.transformers")
+
+
+@pytest.mark.slow
+def test_under_ddp_through_torchrun_rank_zero_measures_what_the_reference_gives(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "distributed" / "trainer_script.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    history, by_step = load_history(tmp_path / "history.json"), torch.load(tmp_path / "weights.pt")
+    assert history.steps == list(range(2, 17, 2))  # 64 samples over 2 ranks, batches of 4: 8 steps an epoch
+    previous = 0
+    for j, step in enumerate(history.steps):
+        expected = reference_rwc(by_step[previous], by_step[step], "l1")
+        for i, layer in enumerate(history.layers):
+            assert history.values[i, j] == pytest.approx(expected[layer], rel=1e-5), (layer, step)
+        previous = step
+    counts = [json.loads((tmp_path / f"rank_{rank}.json").read_text())["measurements"] for rank in (0, 1)]
+    assert counts == [len(history.steps), 0]  # rank one measures nothing
