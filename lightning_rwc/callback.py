@@ -22,7 +22,7 @@ from lightning_rwc.measure.measurement import Pending
 from lightning_rwc.measure.sharding import is_sharded
 from lightning_rwc.parts import History, Part, Record, check_parts, default_parts
 from lightning_rwc.parts.state import load_parts_state_dict, parts_state_dict
-from lightning_rwc.schedule import Schedule
+from lightning_rwc.schedule import Intervals, Schedule
 from lightning_rwc.validate import check_prefix
 from lightning_rwc.warn_once import WarnOnce
 
@@ -37,11 +37,6 @@ NO_STATE = (
 NO_MEASUREMENT = (
     "RelativeWeightChange took no measurement: training ended at step {} (epoch {}), before the first one ({}). "
     "Train longer, or measure more often (every_n_steps)."
-)
-UNEVEN = (
-    "RelativeWeightChange: measurements cover different numbers of optimizer steps ({} and {}){}. RWC grows with the "
-    "steps it covers, so values of different intervals are not comparable: the RWC tab shows each one's interval "
-    "and the clustering divides by it. For equal intervals, set one schedule."
 )
 Scalars = dict[str, float]
 STATE_VERSION = 3  # 3: parts' states under "parts"; 2: the history at the top, as tensors; 1: as lists
@@ -63,8 +58,7 @@ class RelativeWeightChange(Callback):
 
     Args:
         every_n_epochs: measure at the end of every n-th training epoch; ``None`` to measure by steps only.
-        every_n_steps: measure every n optimizer steps (see :class:`~lightning_rwc.schedule.Schedule`); ``None`` to
-            measure by epochs only.
+        every_n_steps: measure every n optimizer steps (:class:`~lightning_rwc.schedule.Schedule`); ``None``: by epochs.
         norm: ``"l1"`` (the paper's formula), ``"l2"`` or ``"elementwise"`` (the original code's).
         params: ``"weights"`` (trainable tensors with more than one dimension) or ``"trainable"`` (all trainable).
         include: regular expressions; only parameters whose name matches one are tracked.
@@ -107,12 +101,10 @@ class RelativeWeightChange(Callback):
         self.log_prefix = check_prefix(log_prefix)
         self.parts: list[Part] = default_parts() if parts is None else check_parts(parts)
         self._tracker: WeightChangeTracker | None = None
-        self._last_step = self._current_step = -1
-        self._intervals: tuple[int | None, int | None] = (None, None)  # the first measurement's, an odd one since
+        self._last_step, self._current_step, self._intervals = -1, -1, Intervals(self.schedule)
         self._pending_snapshot: dict[str, torch.Tensor] | None = None
         self._pending = Pending()  # taken, not yet handed to the parts
-        self._measured = False  # whether a measurement reached the parts in this process
-        self._share = False  # whether rank zero hands its values to ranks that do not measure
+        self._measured = self._share = False  # a measurement reached the parts here; rank zero shares its values
         self._monitors: set[str] = {f"{log_prefix}/{ALL_KEY}"}  # the per-layer keys put in callback_metrics
         self._keys: dict[str, str] = {}  # layer -> metric key, kept while the layers stay the same
         self.warn = WarnOnce(rank_zero_warn)
@@ -217,7 +209,7 @@ class RelativeWeightChange(Callback):
 
     def _start(self, trainer: pl.Trainer) -> None:
         """Launch a measurement (this rank's part of it); its values are collected when they have arrived."""
-        self._check_interval(trainer.global_step - max(self._last_step, 0))
+        self._intervals.add(trainer.global_step - max(self._last_step, 0), self.warn)
         self._last_step = trainer.global_step
         if self._tracker is None and not self._share:
             return
@@ -226,17 +218,6 @@ class RelativeWeightChange(Callback):
             shared = trainer.strategy.broadcast((measurement.values(), *measurement.sums()), src=0)
             measurement = Measurement.of(*shared)
         self._pending.add(trainer.global_step, trainer.current_epoch, measurement)
-
-    def _check_interval(self, interval: int) -> None:
-        """Warn once when a measurement other than the last covered another number of steps than the first."""
-        first, odd = self._intervals
-        if odd is not None:  # a measurement came after the odd one: not a run that merely ended mid-interval
-            both = self.schedule.every_n_epochs is not None and self.schedule.every_n_steps is not None
-            self.warn(
-                "intervals",
-                UNEVEN.format(first, odd, ": an epoch's end falls between step measurements" if both else ""),
-            )
-        self._intervals = (first or interval, interval if first is not None and interval != first else None)
 
     def _hand_over(self, trainer: pl.Trainer, wait: bool) -> None:
         """Hand each collected measurement to every part, in order, then log what they made of it."""

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lightning_rwc.validate import check_count
+
+UNEVEN = (
+    "RelativeWeightChange: measurements cover different numbers of optimizer steps ({} and {}){}. RWC grows with the "
+    "steps it covers, so values of different intervals are not comparable: the RWC tab shows each one's interval "
+    "and the clustering divides by it. For equal intervals, set one schedule."
+)
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,33 @@ class Schedule:
     def at_epoch_end(self, epoch: int, step: int, last: int) -> bool:
         """Whether to measure at the end of ``epoch`` (counted from 0), reached at global ``step``."""
         return self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0 and step != last
+
+
+class Intervals:
+    """Warns once when a measurement other than the last covered another number of optimizer steps than the first.
+
+    The last one may be short without a warning: a run that ends mid-interval.
+
+    Example::
+
+        >>> said = []
+        >>> intervals = Intervals(Schedule(every_n_epochs=1, every_n_steps=4))
+        >>> for interval in (4, 2, 4):
+        ...     intervals.add(interval, lambda key, message: said.append(message))
+        >>> said[0][:75]
+        'RelativeWeightChange: measurements cover different numbers of optimizer ste'
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        both = schedule.every_n_epochs is not None and schedule.every_n_steps is not None
+        self._why = ": an epoch's end falls between step measurements" if both else ""
+        self._first: int | None = None
+        self._odd: int | None = None  # an interval other than the first, not yet followed by a measurement
+
+    def add(self, interval: int, warn: Callable[[str, str], object]) -> None:
+        """The next measurement covered ``interval`` steps; ``warn(key, message)`` says so where it matters."""
+        if self._odd is not None:
+            warn("intervals", UNEVEN.format(self._first, self._odd, self._why))
+        if self._first is None:
+            self._first = interval
+        self._odd = interval if interval != self._first else None
