@@ -78,6 +78,7 @@ class RWCPlugin(base_plugin.TBPlugin):
         self._prefix = prefix
         self.cache = BoundedCache(int(getattr(flags, "rwc_cache_mb", CACHE_MB)) << 20)
         self._cluster_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one reading at a time: a run's event reader is not shared mid-read
 
     @override
     def get_plugin_apps(self) -> dict[str, Any]:
@@ -221,6 +222,13 @@ class RWCPlugin(base_plugin.TBPlugin):
     def _read(self, request: Request, run: str, version: tuple) -> data.RunData:
         """The run's data, read again only when its version changed (event files: only what they gained)."""
         cached = self.cache.get(("run", run))
+        if cached is not None and cached[0] == version:
+            return cached[1][0]
+        with self._read_lock:
+            return self._read_again(request, run, version)
+
+    def _read_again(self, request: Request, run: str, version: tuple) -> data.RunData:
+        cached = self.cache.get(("run", run))  # another request may have read it meanwhile
         if cached is not None and cached[0] == version:
             return cached[1][0]
         directory = self._directory(run)

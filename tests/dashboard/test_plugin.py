@@ -407,3 +407,24 @@ def test_each_column_says_the_optimizer_steps_it_covers_and_uneven_intervals_are
     assert header["intervals"] == [3, 3, 3]
     header, _ = decode(get(plugin, "/run", run="mixed", columns="2"))
     assert header["intervals"] == [(4 + 2 + 4) / 3, (2 + 4 + 2) / 3]
+
+
+def test_requests_at_once_while_event_files_grow_all_get_the_whole_run(logdir, tmp_path):
+    shutil.copytree(logdir / "events_only", tmp_path / "logs" / "run")
+    (events,) = (tmp_path / "logs" / "run").glob("*tfevents*")
+    data = events.read_bytes()
+    events.write_bytes(data[: len(data) // 2])  # the run as it was halfway, then whole while requests come
+    plugin = make_plugin(tmp_path / "logs")
+    get(plugin, "/run", run="run")
+    events.write_bytes(data)
+    bodies = []
+    threads = [threading.Thread(target=lambda: bodies.append(get(plugin, "/run", run="run"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = load_history(logdir / "events_only")
+    for response in bodies:
+        header, matrix = decode(response)
+        assert response.status_code == 200 and header["first_steps"] == history.steps
+        np.testing.assert_array_equal(matrix, history.values.astype(np.float32))
