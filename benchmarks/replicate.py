@@ -324,6 +324,9 @@ def findings_again(folder: Path) -> Path:
 
     from lightning_rwc.history import RWCHistory
 
+    missing = [name for name in ("report.md", "histories.json") if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(f"error: {folder} has no {' or '.join(missing)}: pass the folder of an earlier report")
     text = (folder / "report.md").read_text()
     accuracy = {
         (model, dataset): float(acc)

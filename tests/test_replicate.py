@@ -80,3 +80,8 @@ def test_findings_of_an_earlier_report_are_written_again_from_its_histories(tmp_
     assert "- old" not in text and "1. vgg_bn on digits: RWC falls over training: **held**" in text
     assert "alexnet on digits: **left out**: test accuracy 0.100" in text and "1. alexnet" not in text
     assert "| alexnet | digits | 0.100 (did not learn) |" in text and "| vgg_bn | digits | 0.950 |" in text
+
+
+def test_findings_of_a_folder_without_a_report_says_what_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="has no report.md or histories.json"):
+        main(["--findings-of", str(tmp_path)])
