@@ -40,7 +40,9 @@ class RelativeWeightChangeCallback(TrainerCallback):
     are written with the same tags (``rwc/...``) into the folder of the Trainer's TensorBoard run
     (``TENSORBOARD_LOGGING_DIR``, else the newest folder under ``output_dir/runs``, else a new one there), with the
     values file beside them, so that ``load_history``, ``lightning-rwc cluster`` and the RWC tab read a Trainer run as
-    they read a Lightning one; ``rwc/_all`` and the health counts also join ``state.log_history``. Under DDP
+    they read a Lightning one. ``rwc/_all`` and the health counts of each measurement also go through
+    ``trainer.log`` when the callback is given the Trainer (``state.log_history``, the progress printout and every
+    ``report_to`` integration: W&B, MLflow, ...), else into ``state.log_history`` only. Under DDP
     (``torchrun``, ``accelerate``) rank zero measures. The state is saved beside each checkpoint
     (``checkpoint-N/rwc_state.pt``) and read back by ``trainer.train(resume_from_checkpoint=...)``, so that the curves
     continue exactly.
@@ -48,6 +50,8 @@ class RelativeWeightChangeCallback(TrainerCallback):
     Args:
         parts: what is done with each measurement; ``None`` for the default parts and a values file.
         log_dir: where to write; ``None`` for the Trainer's TensorBoard folder (see above).
+        trainer: the Trainer whose ``log`` reports each measurement's summary (see above); add the callback to it with
+            ``trainer.add_callback``.
         **settings: :class:`~lightning_rwc.RelativeWeightChange`'s other arguments (``every_n_epochs``,
             ``every_n_steps``, ``norm``, ``params``, ``include``, ``exclude``, ``adapters``, ``source``, ...).
 
@@ -62,14 +66,18 @@ class RelativeWeightChangeCallback(TrainerCallback):
     """
 
     def __init__(
-        self, parts: Sequence[Part] | None = None, log_dir: str | os.PathLike | None = None, **settings: Any
+        self,
+        parts: Sequence[Part] | None = None,
+        log_dir: str | os.PathLike | None = None,
+        trainer: Any = None,
+        **settings: Any,
     ) -> None:
         from lightning_rwc.parts import ValuesFile, default_parts
 
         parts = [*default_parts(), ValuesFile()] if parts is None else parts
         self.rwc = RelativeWeightChange(parts=parts, **settings)
         """The Lightning callback this one drives (its parts, its history)."""
-        self.log_dir = log_dir
+        self.log_dir, self.trainer = log_dir, trainer
         self.view: LoopView | None = None
         """The Trainer as the callback sees it, from the first step on."""
         self._logged = _LogHistory(self.rwc.log_prefix)
@@ -89,14 +97,14 @@ class RelativeWeightChangeCallback(TrainerCallback):
         """After an optimizer step: measure where the schedule says."""
         view = self._at(state)
         self.rwc.on_train_batch_end(view, model, None, None, 0)
-        state.log_history.extend(self._logged.take())
+        self._report(state)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """At an epoch's end: measure where the schedule says."""
         if self.view is None:
             return
         self.rwc.on_train_epoch_end(self._at(state), model)
-        state.log_history.extend(self._logged.take())
+        self._report(state)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Save the state beside the checkpoint just written (rank zero)."""
@@ -110,10 +118,17 @@ class RelativeWeightChangeCallback(TrainerCallback):
         if self.view is None:
             return
         self.rwc.on_train_end(self._at(state), model)
-        state.log_history.extend(self._logged.take())
+        self._report(state)
         for logger in self.view.loggers:
             logger.finalize("success")
         self.view = None
+
+    def _report(self, state: Any) -> None:
+        for entry in self._logged.take():  # taken at state.global_step, the step trainer.log writes
+            if self.trainer is None:
+                state.log_history.append(entry)
+            else:
+                self.trainer.log({key: value for key, value in entry.items() if key != "step"})
 
     def _start(self, args: Any, state: Any, model: Any, optimizer: Any) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger

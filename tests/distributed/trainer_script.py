@@ -24,7 +24,7 @@ from lightning_rwc.integrations.transformers import RelativeWeightChangeCallback
 
 
 def main(out: Path) -> None:
-    recorder, rwc = Recorder(lora=False), RelativeWeightChangeCallback(every_n_epochs=None, every_n_steps=2)
+    recorder = Recorder(lora=False)
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         per_device_train_batch_size=4,
@@ -37,10 +37,13 @@ def main(out: Path) -> None:
         seed=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=Tokens(), callbacks=[recorder, rwc])
+    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=Tokens(), callbacks=[recorder])
+    rwc = RelativeWeightChangeCallback(trainer=trainer, every_n_epochs=None, every_n_steps=2)
+    trainer.add_callback(rwc)
     trainer.train()
     rank = trainer.args.process_index
-    (out / f"rank_{rank}.json").write_text(json.dumps({"measurements": len(rwc.history)}))
+    reported = sum("rwc/_all" in entry for entry in trainer.state.log_history)
+    (out / f"rank_{rank}.json").write_text(json.dumps({"measurements": len(rwc.history), "reported": reported}))
     if trainer.is_world_process_zero():
         rwc.history.save(out / "history.json")
         torch.save(recorder.by_step, out / "weights.pt")

@@ -77,7 +77,8 @@ def train(tmp_path, callback, lora=False, accumulation=1, resume=None, save_step
         disable_tqdm=True,
         logging_steps=4,
     )
-    trainer = Trainer(model=tiny_gpt2(lora), args=args, train_dataset=Tokens(), callbacks=[recorder, callback])
+    trainer = Trainer(model=tiny_gpt2(lora), args=args, train_dataset=Tokens(), callbacks=[recorder])
+    trainer.add_callback(callback(trainer) if callable(callback) else callback)  # a callable is given the Trainer
     trainer.train(resume_from_checkpoint=resume)
     return trainer, recorder
 
@@ -109,6 +110,42 @@ def test_every_value_equals_a_float64_reference_counting_optimizer_steps(tmp_pat
     logged = [entry for entry in trainer.state.log_history if "rwc/_all" in entry]
     assert [entry["step"] for entry in logged] == callback.history.steps  # the Trainer's own log history has them
     assert all("rwc_health/dead_layers" in entry for entry in logged)
+
+
+class Reports(TrainerCallback):
+    """What a ``report_to`` integration is given: every ``on_log`` call's values and step."""
+
+    def __init__(self) -> None:
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs, step=state.global_step))
+
+
+def test_given_the_trainer_each_summary_reaches_every_report_to_integration(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reports = Reports()
+
+    def callback(trainer):
+        trainer.add_callback(reports)  # after the RWC callback, as W&B's or MLflow's would be before it
+        return RelativeWeightChangeCallback(trainer=trainer, every_n_epochs=None, every_n_steps=3)
+
+    trainer, _ = train(tmp_path, callback)
+    rwc = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RelativeWeightChangeCallback))
+    history = rwc.history
+    reported = [entry for entry in reports.logs if "rwc/_all" in entry]
+    assert [entry["step"] for entry in reported] == history.steps
+    assert [entry["rwc/_all"] for entry in reported] == pytest.approx(list(history.total), rel=1e-6)
+    assert all("rwc_health/dead_layers" in entry for entry in reported)
+    logged = [entry for entry in trainer.state.log_history if "rwc/_all" in entry]
+    assert [entry["step"] for entry in logged] == history.steps  # once each in the Trainer's history
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    events = EventAccumulator(str(run)).Reload()  # TensorBoard's reader; its own callback names it train/...
+    written = events.Scalars("train/rwc/_all")
+    assert [e.step for e in written] == history.steps
+    assert [e.value for e in written] == pytest.approx(list(history.total), rel=1e-6)
+    assert load_history(run).steps == history.steps  # the run still reads back as the RWC run it is
 
 
 def test_lora_layers_are_measured_by_their_effective_weight(tmp_path):
@@ -157,13 +194,21 @@ def test_without_transformers_the_import_names_the_extra(monkeypatch):
         importlib.import_module("lightning_rwc.integrations.transformers")
 
 
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+}
+
+
 @pytest.mark.slow
-def test_under_ddp_through_torchrun_rank_zero_measures_what_the_reference_gives(tmp_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_under_ddp_rank_zero_measures_and_reports_what_the_reference_gives(tmp_path, launcher):
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "distributed" / "trainer_script.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    options = ["--mixed_precision", "no", "--dynamo_backend", "no"] if launcher == "accelerate" else []
+    command = [sys.executable, "-m", *LAUNCHERS[launcher], *options, str(script), str(tmp_path)]  # on CPU: use_cpu
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     history, by_step = load_history(tmp_path / "history.json"), torch.load(tmp_path / "weights.pt")
     assert history.steps == list(range(2, 17, 2))  # 64 samples over 2 ranks, batches of 4: 8 steps an epoch
@@ -173,5 +218,6 @@ def test_under_ddp_through_torchrun_rank_zero_measures_what_the_reference_gives(
         for i, layer in enumerate(history.layers):
             assert history.values[i, j] == pytest.approx(expected[layer], rel=1e-5), (layer, step)
         previous = step
-    counts = [json.loads((tmp_path / f"rank_{rank}.json").read_text())["measurements"] for rank in (0, 1)]
-    assert counts == [len(history.steps), 0]  # rank one measures nothing
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [rank["measurements"] for rank in ranks] == [len(history.steps), 0]  # rank one measures nothing
+    assert [rank["reported"] for rank in ranks] == [len(history.steps), 0]  # and reports nothing
