@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
@@ -143,3 +144,95 @@ def test_the_page_clusters_a_run_and_names_its_scale_steps_and_layers_in_text(re
         assert names == history.layers
         driver.find_elements(By.CSS_SELECTOR, "button.rwc-layer-name")[3].click()
         assert wait_for(lambda: driver.find_element(By.ID, "rwc-curve-title").text).startswith(history.layers[3])
+
+
+def write_run(folder: Path, layers: list[str], steps: list[int], values: np.ndarray) -> None:
+    """A run's RWC values in event files, as the callback logs them: ``rwc/{layer}`` and the epoch at each step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    for j, step in enumerate(steps):
+        for i, layer in enumerate(layers):
+            writer.add_scalar(f"rwc/{layer}", values[i, j], step)
+        writer.add_scalar("epoch", step // 10, step)
+    writer.close()
+
+
+def test_two_runs_share_one_colour_scale_one_step_axis_and_rows_and_show_their_ratio(tmp_path, driver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    rng = np.random.default_rng(0)
+    shared = ["enc.0.weight", "enc.1.weight", "enc.2.weight"]
+    long_steps, short_steps = list(range(10, 240, 10)), list(range(10, 100, 10))  # 23 and 9 measurements
+    long_values = 10 ** rng.uniform(-3, -1, (4, 23))  # shared layers, then head.weight
+    short_values = np.vstack([long_values[:3, :9] * [[0.5], [4.0], [0.5]], 10 ** rng.uniform(-2, -0.3, (1, 9))])
+    write_run(tmp_path / "logs" / "long", [*shared, "head.weight"], long_steps, long_values)
+    write_run(tmp_path / "logs" / "short", [*shared, "extra.weight"], short_steps, short_values)
+    every = np.concatenate([long_values.ravel(), short_values.ravel()])
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        show_a_layer(driver, settle=3, click=False)
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option[value='short']"))
+        Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value("short")
+        ratio = wait_for(
+            lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, "canvas.rwc-ratio-map[data-draw-ms]")), 0)
+        )
+        panels = {p.get_attribute("data-run"): p for p in driver.find_elements(By.CSS_SELECTOR, "section.rwc-panel")}
+        heatmaps = {run: p.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap") for run, p in panels.items()}
+        legends = {run: p.find_element(By.CSS_SELECTOR, "canvas.rwc-legend") for run, p in panels.items()}
+
+        # one colour scale: the union of both runs' values
+        for legend in legends.values():
+            assert float(legend.get_attribute("data-low")) == pytest.approx(every.min(), rel=0.06)
+            assert float(legend.get_attribute("data-high")) == pytest.approx(every.max(), rel=0.06)
+        # one step axis: the short run ends where its steps end
+        assert {json.dumps(json.loads(h.get_attribute("data-steps"))) for h in heatmaps.values()} == {"[0, 230]"}
+        width = int(heatmaps["short"].get_attribute("width"))
+        assert float(heatmaps["short"].get_attribute("data-end")) == pytest.approx(width * 90 / 230, abs=1)
+        assert float(heatmaps["long"].get_attribute("data-end")) == pytest.approx(width, abs=1)
+        pixel = "return Array.from(arguments[0].getContext('2d').getImageData(arguments[1], arguments[2], 1, 1).data)"
+        row_height = int(heatmaps["short"].get_attribute("height")) / 5
+        at = lambda step: int(width * step / 230)  # noqa: E731
+        assert driver.execute_script(pixel, heatmaps["short"], at(150), row_height / 2)[3] == 0  # nothing drawn
+        assert driver.execute_script(pixel, heatmaps["long"], at(150), row_height / 2)[3] == 255
+        # rows aligned by name, a layer one run lacks shown missing (grey) in it
+        for panel in panels.values():
+            panel.find_element(By.CSS_SELECTOR, "details.rwc-layers summary").click()
+        names = {
+            run: wait_for(lambda p=p: [b.text for b in p.find_elements(By.CSS_SELECTOR, "button.rwc-layer-name")])
+            for run, p in panels.items()
+        }
+        assert names["long"] == names["short"] == [*shared, "extra.weight", "head.weight"]  # after their neighbour
+        assert driver.execute_script(pixel, heatmaps["long"], at(45), 3.5 * row_height)[:3] == [214, 214, 214]
+        assert driver.execute_script(pixel, heatmaps["short"], at(45), 4.5 * row_height)[:3] == [214, 214, 214]
+
+        # the ratio view: short over long where both measured, red where short's layer changes more
+        driver.execute_script("arguments[0].scrollIntoView()", ratio)
+        center = ratio.size["width"] / 2, ratio.size["height"] / 2
+        offset = lambda step, row: (int(at(step) - center[0]), int((row + 0.5) * row_height - center[1]))  # noqa: E731
+        ActionChains(driver).move_to_element_with_offset(ratio, *offset(45, 1)).perform()
+        tooltip = wait_for(lambda: driver.find_element(By.ID, "rwc-ratio-tooltip").text)
+        assert tooltip.startswith("enc.1.weight | step 45 |")
+        assert float(tooltip.rsplit("ratio ", 1)[1]) == pytest.approx(short_values[1, 4] / long_values[1, 4], rel=6e-3)
+        red, _, blue, _ = driver.execute_script(pixel, ratio, at(45), 1.5 * row_height)
+        assert red > blue  # 4x: more change in the short run
+        red, _, blue, _ = driver.execute_script(pixel, ratio, at(45), 0.5 * row_height)
+        assert blue > red  # 0.5x: less
+        assert driver.execute_script(pixel, ratio, at(150), 0.5 * row_height)[3] == 0  # only where both measured
+        for row in (3, 4):  # a layer one run lacks
+            assert driver.execute_script(pixel, ratio, at(45), (row + 0.5) * row_height)[:3] == [214, 214, 214]
+        # a click shows both runs' curves of that layer on one plot
+        ActionChains(driver).move_to_element_with_offset(ratio, *offset(45, 1)).click().perform()
+        title = wait_for(lambda: driver.find_element(By.ID, "rwc-curve-title").text.startswith("enc.1.weight"))
+        assert title
+        curves = panels["long"].find_element(By.CSS_SELECTOR, "canvas.rwc-curves")
+        assert json.loads(curves.get_attribute("data-runs")) == ["long", "short"]
+        assert not panels["short"].find_element(By.CSS_SELECTOR, "canvas.rwc-curves").is_displayed()
+        # the step fields zoom both heatmaps to the same steps: the measurements from 50 to 80 and what they cover
+        for field, step in (("rwc-from", "50"), ("rwc-to", "80")):
+            driver.find_element(By.ID, field).send_keys(step, Keys.TAB)
+        assert wait_for(lambda: {h.get_attribute("data-steps") for h in heatmaps.values()} == {"[40,80]"})
+        assert [int(h.get_attribute("data-columns")) for h in heatmaps.values()] == [4, 4]
