@@ -236,3 +236,32 @@ def test_two_runs_share_one_colour_scale_one_step_axis_and_rows_and_show_their_r
             driver.find_element(By.ID, field).send_keys(step, Keys.TAB)
         assert wait_for(lambda: {h.get_attribute("data-steps") for h in heatmaps.values()} == {"[40,80]"})
         assert [int(h.get_attribute("data-columns")) for h in heatmaps.values()] == [4, 4]
+
+
+def test_the_ratio_of_runs_measured_at_different_intervals_compares_their_change_per_step(tmp_path, driver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    rng = np.random.default_rng(1)
+    every_ten, every_five = 10 ** rng.uniform(-3, -1, (2, 6)), 10 ** rng.uniform(-3, -1, (2, 12))
+    write_run(tmp_path / "logs" / "a", ["l0.weight", "l1.weight"], list(range(10, 70, 10)), every_ten)
+    write_run(tmp_path / "logs" / "b", ["l0.weight", "l1.weight"], list(range(5, 65, 5)), every_five)
+    with tensorboard(tmp_path / "logs", "rwc") as base:
+        driver.get(f"{base}/#rwc")
+        show_a_layer(driver, settle=3, click=False)
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option[value='b']"))
+        Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value("b")
+        ratio = wait_for(
+            lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, "canvas.rwc-ratio-map[data-draw-ms]")), 0)
+        )
+        driver.execute_script("arguments[0].scrollIntoView()", ratio)
+        width, height = int(ratio.get_attribute("width")), int(ratio.get_attribute("height"))
+        x = int(width * 27 / 60 - ratio.size["width"] / 2)  # step 27: a's measurement at 30, b's at 30 (25 to 30)
+        ActionChains(driver).move_to_element_with_offset(
+            ratio, x, int(height * 3 / 4 - ratio.size["height"] / 2)
+        ).perform()
+        tooltip = wait_for(lambda: driver.find_element(By.ID, "rwc-ratio-tooltip").text)
+        assert tooltip.startswith("l1.weight | step 27 |") and "per step" in tooltip
+        per_step = (every_five[1, 5] / 5) / (every_ten[1, 2] / 10)  # each value over the steps it covers
+        assert float(tooltip.rsplit("ratio ", 1)[1]) == pytest.approx(per_step, rel=6e-3)
