@@ -4,7 +4,9 @@
 the log folder is missing, clusters every run that has no cluster run yet, starts ``tensorboard`` on 127.0.0.1,
 opens the dashboards in headless Chromium (Debian's ``chromium`` and ``chromium-driver`` packages, driven by
 Selenium) and saves ``scalars.png``, ``custom_scalars.png`` and ``rwc.png``. It prints how many cluster charts the
-Custom Scalars page shows.
+Custom Scalars page shows. With ``--compare`` it saves only ``rwc-compare.png``: the RWC tab with the first two runs
+of the log folder side by side (the documentation's image: two ``lightning-rwc demo`` runs into one folder, the
+second with ``--lr 0.05 --every-n-steps 2``).
 """
 
 from __future__ import annotations
@@ -122,6 +124,30 @@ def capture(logdir: Path, out: Path, settle: float = 6.0) -> dict[str, object]:
     return shots | {"margin_charts": charts, "rwc_rows": rows}
 
 
+def capture_comparison(logdir: Path, out: Path, settle: float = 6.0) -> Path:
+    """Save the RWC tab with the first two runs of ``logdir`` side by side, a layer clicked, as ``rwc-compare.png``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    out.mkdir(parents=True, exist_ok=True)
+    driver = browser()
+    try:
+        with tensorboard(logdir, "rwc") as base:
+            driver.set_window_size(1400, 2700)
+            driver.get(f"{base}/#rwc")
+            show_a_layer(driver, settle, click=False)
+            runs = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option")]
+            Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value(runs[2])  # after "(none)" and run A
+            time.sleep(settle / 2)
+            driver.switch_to.default_content()
+            show_a_layer(driver, settle)
+            driver.switch_to.default_content()
+            driver.save_screenshot(str(out / "rwc-compare.png"))
+    finally:
+        driver.quit()
+    return out / "rwc-compare.png"
+
+
 def show_a_layer(driver: object, settle: float, click: bool = True) -> int:
     """In the RWC tab: wait for the heatmap, click a layer near its top (with ``click``); return the number of rows."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -148,8 +174,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="demo_logs")
     parser.add_argument("--out", default="docs/images")
+    parser.add_argument("--compare", action="store_true", help="only the RWC tab with the first two runs, beside")
     args = parser.parse_args(argv)
     logdir = Path(args.logdir)
+    if args.compare:
+        print(f"wrote {capture_comparison(logdir, Path(args.out))}")
+        return
     if not logdir.exists():
         from lightning_rwc.demo import main as demo
 
