@@ -56,7 +56,8 @@ class RelativeWeightChangeCallback(TrainerCallback):
             ``every_n_steps``, ``norm``, ``params``, ``include``, ``exclude``, ``adapters``, ``source``, ...).
 
     Raises:
-        ValueError: for an invalid setting, as :class:`~lightning_rwc.RelativeWeightChange` does.
+        ValueError: for an invalid setting, as :class:`~lightning_rwc.RelativeWeightChange` does, or a ``trainer``
+            without a ``log`` method.
 
     Example::
 
@@ -74,6 +75,11 @@ class RelativeWeightChangeCallback(TrainerCallback):
     ) -> None:
         from lightning_rwc.parts import ValuesFile, default_parts
 
+        if trainer is not None and not callable(getattr(trainer, "log", None)):
+            raise ValueError(
+                f"trainer must be the transformers.Trainer the callback is added to (its log method reports the "
+                f"values), got a {type(trainer).__name__}"
+            )
         parts = [*default_parts(), ValuesFile()] if parts is None else parts
         self.rwc = RelativeWeightChange(parts=parts, **settings)
         """The Lightning callback this one drives (its parts, its history)."""

@@ -158,28 +158,36 @@ def write_run(folder: Path, layers: list[str], steps: list[int], values: np.ndar
     writer.close()
 
 
+def show_beside(driver, base: str, second: str):
+    """Open the RWC tab, put run ``second`` beside the first, and return the ratio view's canvas once drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(f"{base}/#rwc")
+    show_a_layer(driver, settle=3, click=False)
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#rwc-run-b option[value='{second}']"))
+    Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value(second)
+    drawn = "canvas.rwc-ratio-map[data-draw-ms]"
+    return wait_for(lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, drawn)), 0))
+
+
 def test_two_runs_share_one_colour_scale_one_step_axis_and_rows_and_show_their_ratio(tmp_path, driver):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select
 
     rng = np.random.default_rng(0)
     shared = ["enc.0.weight", "enc.1.weight", "enc.2.weight"]
     long_steps, short_steps = list(range(10, 240, 10)), list(range(10, 100, 10))  # 23 and 9 measurements
     long_values = 10 ** rng.uniform(-3, -1, (4, 23))  # shared layers, then head.weight
     short_values = np.vstack([long_values[:3, :9] * [[0.5], [4.0], [0.5]], 10 ** rng.uniform(-2, -0.3, (1, 9))])
+    short_values[2, 4] = 0.0  # enc.2 did not change from step 40 to 50 in the short run
     write_run(tmp_path / "logs" / "long", [*shared, "head.weight"], long_steps, long_values)
     write_run(tmp_path / "logs" / "short", [*shared, "extra.weight"], short_steps, short_values)
     every = np.concatenate([long_values.ravel(), short_values.ravel()])
+    every = every[every > 0]  # the scale's ends: positive values (0 is black)
     with tensorboard(tmp_path / "logs", "rwc") as base:
-        driver.get(f"{base}/#rwc")
-        show_a_layer(driver, settle=3, click=False)
-        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option[value='short']"))
-        Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value("short")
-        ratio = wait_for(
-            lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, "canvas.rwc-ratio-map[data-draw-ms]")), 0)
-        )
+        ratio = show_beside(driver, base, "short")
         panels = {p.get_attribute("data-run"): p for p in driver.find_elements(By.CSS_SELECTOR, "section.rwc-panel")}
         heatmaps = {run: p.find_element(By.CSS_SELECTOR, "canvas.rwc-heatmap") for run, p in panels.items()}
         legends = {run: p.find_element(By.CSS_SELECTOR, "canvas.rwc-legend") for run, p in panels.items()}
@@ -222,6 +230,7 @@ def test_two_runs_share_one_colour_scale_one_step_axis_and_rows_and_show_their_r
         red, _, blue, _ = driver.execute_script(pixel, ratio, at(45), 0.5 * row_height)
         assert blue > red  # 0.5x: less
         assert driver.execute_script(pixel, ratio, at(150), 0.5 * row_height)[3] == 0  # only where both measured
+        assert driver.execute_script(pixel, ratio, at(45), 2.5 * row_height) == [33, 102, 172, 255]  # 0: the far end
         for row in (3, 4):  # a layer one run lacks
             assert driver.execute_script(pixel, ratio, at(45), (row + 0.5) * row_height)[:3] == [214, 214, 214]
         # a click shows both runs' curves of that layer on one plot
@@ -241,20 +250,13 @@ def test_two_runs_share_one_colour_scale_one_step_axis_and_rows_and_show_their_r
 def test_the_ratio_of_runs_measured_at_different_intervals_compares_their_change_per_step(tmp_path, driver):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     rng = np.random.default_rng(1)
     every_ten, every_five = 10 ** rng.uniform(-3, -1, (2, 6)), 10 ** rng.uniform(-3, -1, (2, 12))
     write_run(tmp_path / "logs" / "a", ["l0.weight", "l1.weight"], list(range(10, 70, 10)), every_ten)
     write_run(tmp_path / "logs" / "b", ["l0.weight", "l1.weight"], list(range(5, 65, 5)), every_five)
     with tensorboard(tmp_path / "logs", "rwc") as base:
-        driver.get(f"{base}/#rwc")
-        show_a_layer(driver, settle=3, click=False)
-        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option[value='b']"))
-        Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value("b")
-        ratio = wait_for(
-            lambda: next(iter(driver.find_elements(By.CSS_SELECTOR, "canvas.rwc-ratio-map[data-draw-ms]")), 0)
-        )
+        ratio = show_beside(driver, base, "b")
         driver.execute_script("arguments[0].scrollIntoView()", ratio)
         width, height = int(ratio.get_attribute("width")), int(ratio.get_attribute("height"))
         x = int(width * 27 / 60 - ratio.size["width"] / 2)  # step 27: a's measurement at 30, b's at 30 (25 to 30)

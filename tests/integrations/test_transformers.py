@@ -148,6 +148,11 @@ def test_given_the_trainer_each_summary_reaches_every_report_to_integration(tmp_
     assert load_history(run).steps == history.steps  # the run still reads back as the RWC run it is
 
 
+def test_a_trainer_that_cannot_log_is_refused_with_what_to_pass():
+    with pytest.raises(ValueError, match=r"trainer must be the transformers.Trainer .* got a str"):
+        RelativeWeightChangeCallback(trainer="out")
+
+
 def test_lora_layers_are_measured_by_their_effective_weight(tmp_path):
     callback = RelativeWeightChangeCallback(every_n_epochs=1, every_n_steps=None)
     _, recorder = train(tmp_path, callback, lora=True)

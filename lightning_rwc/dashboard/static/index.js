@@ -101,6 +101,10 @@ function rowHeight(rows) {
   return rows > 2000 ? 1 : rows > 300 ? 2 : Math.max(3, Math.floor(480 / rows));
 }
 
+function logRatio(a, b) {  // log10(b / a); 0 where equal (both 0 included), infinite where one is 0; NaN if missing
+  return a >= 0 && b >= 0 ? (a === b ? 0 : Math.log10(b / a)) : NaN;
+}
+
 class StepAxis {  // steps from..to over width pixels: one for every heatmap shown together
   constructor(from, to, width) {
     this.from = from; this.to = to > from ? to : from + 1; this.width = Math.round(width);
@@ -294,7 +298,7 @@ class RunPanel {
     for (let i = 0; i < h.shape[0]; i++) {
       for (let j = 0; j < h.shape[1]; j++) {
         const v = this.cell(i, j);
-        if (v > 0) { const l = Math.log10(v); if (l < lo) lo = l; if (hi < l) hi = l; }
+        if (v > 0 && v < Infinity) { const l = Math.log10(v); if (l < lo) lo = l; if (hi < l) hi = l; }
       }
     }
     if (!(hi > lo)) { lo = (lo === Infinity ? -4 : lo) - 1; hi = lo + 2; }
@@ -553,13 +557,16 @@ class RatioPanel {  // run B's RWC over run A's, per layer and step where both m
         const ja = a.pixelCols[x], jb = b.pixelCols[x];
         if (ja < 0 || jb < 0) continue;
         kinds[o + x] = 1;
-        if (va[ja] > 0 && vb[jb] > 0) { const l = Math.log10(vb[jb] / va[ja]); logs[o + x] = l; if (Math.abs(l) > top) top = Math.abs(l); }
+        const l = logRatio(va[ja], vb[jb]);
+        logs[o + x] = l;
+        if (Number.isFinite(l) && Math.abs(l) > top) top = Math.abs(l);
       }
     }
     this.top = top > 0 ? top : 1;
     const pixels = new Uint32Array(rows * width);
     for (let k = 0; k < pixels.length; k++) {
-      if (kinds[k]) pixels[k] = Number.isNaN(logs[k]) ? MISSING_PIXEL : DIVERGING_PIXELS[Math.round((logs[k] / this.top + 1) * 128)];
+      const t = Math.min(Math.max(logs[k] / this.top, -1), 1);
+      if (kinds[k]) pixels[k] = Number.isNaN(t) ? MISSING_PIXEL : DIVERGING_PIXELS[Math.round((t + 1) * 128)];
     }
     blit(this.heatmap, pixels, width, rows, this.rowH);
     drawRowLabels(this.labels, rowsA, this.rowH, null, this.state.byCluster);
@@ -610,7 +617,8 @@ class RatioPanel {  // run B's RWC over run A's, per layer and step where both m
     const at = this.at(e);
     if (!at) { this.tooltip.style.display = 'none'; return; }
     const va = this.a.value(this.rowsA[at.r], at.ja, this.perStep), vb = this.b.value(this.rowsB[at.r], at.jb, this.perStep);
-    const ratio = va > 0 && vb > 0 ? Number((vb / va).toPrecision(3)) : 'missing', per = this.perStep ? ' per step' : '';
+    const l = logRatio(va, vb), ratio = Number.isNaN(l) ? 'missing' : Number((10 ** l).toPrecision(3));
+    const per = this.perStep ? ' per step' : '';
     showTooltip(this.tooltip, e, `${at.label} | step ${at.step} | RWC${per} ${this.a.run} ${fmt(va)}, ${this.b.run} ${fmt(vb)} | ratio ${ratio}`);
   }
 }
