@@ -137,6 +137,8 @@ def capture_comparison(logdir: Path, out: Path, settle: float = 6.0) -> Path:
             driver.get(f"{base}/#rwc")
             show_a_layer(driver, settle, click=False)
             runs = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#rwc-run-b option")]
+            if len(runs) < 3:  # "(none)" and the runs
+                raise SystemExit(f"{logdir} holds {len(runs) - 1} run with RWC values; --compare needs two.")
             Select(driver.find_element(By.ID, "rwc-run-b")).select_by_value(runs[2])  # after "(none)" and run A
             time.sleep(settle / 2)
             driver.switch_to.default_content()
