@@ -464,11 +464,12 @@ class RunPanel {
     }
     const shown = runs.map((panel, k) => {
       const mine = panel === this ? members : panel.membersOf(selection), first = panel.data.header.first_steps;
+      const cols = panel.columns();
       ctx.setLineDash(k ? [6, 3] : []);
       mine.slice(0, 200).forEach((i, m) => {
         ctx.strokeStyle = runs.length > 1 ? RUN_COLORS[k] : CLUSTER_COLORS[m % CLUSTER_COLORS.length]; ctx.beginPath();
         let started = false;
-        panel.columns().forEach((j) => {
+        cols.forEach((j) => {
           const v = panel.cell(i, j);
           if (!(v > 0)) { started = false; return; }
           if (started) ctx.lineTo(x(first[j]), y(v)); else { ctx.moveTo(x(first[j]), y(v)); started = true; }
