@@ -1,6 +1,6 @@
 """Layer freezing from RWC against no freezing, FreezeOut's schedule and AutoFreeze's criterion, on real data.
 
-``python -m benchmarks.freezing [--seeds 3] [--accelerator gpu --full] [--out DIR]``
+``python -m benchmarks.freezing [--seeds 3] [--accelerator gpu --full] [--out DIR]`` (``--smoke``: a tiny run)
 
 Three settings:
 
@@ -27,7 +27,7 @@ seed, interleaved, on the same machine:
   its defaults from scratch and, for fine-tuning (pretrained front blocks settle within the first epochs), with
   ``warmup=1, patience=1, max_fraction=1.0`` (from ``--sweep fast`` on seed 0: ``sweep-fast.md``; the threshold
   stays at its default, 0.5, for both fine-tuning tasks: 0.6 was faster on ResNet-18 but froze the BERT early
-  enough to cost it points; ``--threshold`` sets another);
+  enough to cost it points; ``--threshold`` and ``--warmup`` set others);
 - ``LayerFreezer+cache``: the same with ``cache=True``.
 
 All of them freeze through :class:`lightning_rwc.BlockFreezer` (``requires_grad=False``, gradients dropped, frozen
@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -379,12 +381,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--bert-epochs", type=int, default=6)
     parser.add_argument("--bert-lr", type=float, default=1e-3)
     parser.add_argument("--threshold", type=float, help="LayerFreezer's threshold for fine-tuning (default: 0.5)")
+    parser.add_argument("--warmup", type=int, help="LayerFreezer's fine-tuning warmup, in measurements (default: 1)")
     parser.add_argument("--settings", nargs="+", default=["fine-tuning", "fine-tuning (BERT)", "from scratch"])
     parser.add_argument("--out", default="benchmarks/results/freezing-cpu")
+    parser.add_argument("--smoke", action="store_true", help="one seed, tiny subsets, one epoch (for the test suite)")
     parser.add_argument(
         "--sweep", nargs="?", const="defaults", choices=["defaults", "fast"], help="fine-tuning, one seed: settings"
     )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.subset, args.test_subset = 1, 64, 64
+        args.pretrain_epochs = args.epochs = args.scratch_epochs = args.bert_pretrain_epochs = args.bert_epochs = 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -397,7 +404,8 @@ def main(argv: list[str] | None = None) -> Path:
         (out / name).write_text(report)
         print(report)
         return out / name
-    tuning = FINE_TUNING | ({"threshold": args.threshold} if args.threshold is not None else {})
+    chosen = {"threshold": args.threshold, "warmup": args.warmup}
+    tuning = FINE_TUNING | {key: value for key, value in chosen.items() if value is not None}
     if "fine-tuning" in args.settings:
         first, second = fine_tuning_data(args)
         weights = pretrained(first, args)
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> Path:
         digits = scratch_data()
         build = lambda: make_classifier(resnet18_for_small_grey_images(), lr=args.lr)  # noqa: E731
         results["from scratch"] = _compare(build, digits, args.scratch_epochs, args, {})
-    command = "python -m benchmarks.freezing " + " ".join(argv or [])
+    command = "python -m benchmarks.freezing " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = _report(results, args, command.strip(), time.perf_counter() - start)
     (out / "report.md").write_text(report)
     _figure(results, out / "accuracy-vs-time.png")
@@ -492,6 +500,10 @@ def _report(results: dict, args: argparse.Namespace, command: str, seconds: floa
                 f"| {name} | {statistics.mean(times):.1f} | {base / statistics.mean(times):.2f}x | "
                 f"{statistics.mean(accs):.2f} ± {spread:.2f} | {rate} | {held / 2**20:.1f} MiB | {frozen} |"
             )
+        lines += ["", "Test accuracy (%) at each epoch's end, mean over seeds:", ""]
+        for name, seeds in runs.items():
+            epochs = np.array([[accuracy for _, accuracy in r["points"]] for r in seeds]).mean(0)
+            lines.append(f"- {name}: " + ", ".join(f"{100 * value:.2f}" for value in epochs))
     return "\n".join(lines) + "\n"
 
 

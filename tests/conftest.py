@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -293,3 +296,21 @@ def tiny_bert_classifier() -> nn.Module:
         max_position_embeddings=16,
     )
     return transformers.BertForSequenceClassification(config)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """``array`` as a gzipped unsigned-byte IDX file, as Fashion-MNIST ships."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(folder: Path, train: int, test: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Random 28 x 28 images and labels 0-9 in Fashion-MNIST's four files; the arrays, by file prefix."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", train), ("t10k", test)):
+        arrays[split] = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", arrays[split][0])
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", arrays[split][1])
+    return arrays

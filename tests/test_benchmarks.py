@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +83,19 @@ def test_trainer_callback_benchmark_smoke_run_writes_its_table(tmp_path):
     for contender in ("| none |", "| bare tracker |", "| callback |"):
         assert contender in report
     assert "ms per step" in report and "extra ms / bare tracker's" in report
+
+
+@pytest.mark.slow
+def test_freezing_benchmark_smoke_run_reports_every_setting_and_contender(tmp_path):
+    pytest.importorskip("transformers")
+    write_fashion_mnist(tmp_path, train=400, test=200)
+    out = tmp_path / "freezing"
+    options = ["--smoke", "--data-dir", str(tmp_path), "--threshold", "0.6", "--warmup", "3", "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "benchmarks.freezing", *options], cwd=ROOT, check=True, capture_output=True)
+    report = (out / "report.md").read_text()
+    assert f"Command: `python -m benchmarks.freezing {' '.join(options)}`" in report
+    for setting in ("## fine-tuning\n", "## fine-tuning (BERT)\n", "## from scratch\n"):
+        section = report.split(setting)[1].split("\n## ")[0]
+        for contender in ("none", "FreezeOut", "AutoFreeze", "LayerFreezer", "LayerFreezer+cache"):
+            assert f"| {contender} |" in section and f"- {contender}: " in section
+    assert (out / "accuracy-vs-time.png").stat().st_size > 0

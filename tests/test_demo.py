@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import gzip
-import struct
 
 import numpy as np
 import pytest
+from conftest import write_fashion_mnist
 
 from lightning_rwc.demo import add_arguments, load_fashion_mnist_arrays, read_idx, resnet18_for_small_grey_images
 
 
-def write_idx(path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_is_read_from_idx_files(tmp_path):
-    rng = np.random.default_rng(0)
-    images = {s: rng.integers(0, 256, (n, 28, 28)) for s, n in (("train", 6), ("t10k", 3))}
-    labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
-    for split in images:
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images[split])
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels[split])
+    written = write_fashion_mnist(tmp_path, train=6, test=3)
     arrays = load_fashion_mnist_arrays(tmp_path)
     x, y = arrays["train"]
     assert x.shape == (6, 1, 28, 28) and x.dtype == np.float32
-    np.testing.assert_allclose(x[:, 0] * 255, images["train"], atol=1e-4)
-    np.testing.assert_array_equal(arrays["test"][1], labels["t10k"])
+    np.testing.assert_allclose(x[:, 0] * 255, written["train"][0], atol=1e-4)
+    np.testing.assert_array_equal(arrays["test"][1], written["t10k"][1])
 
 
 def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):

@@ -173,6 +173,5 @@ def _assemble(
     output = torch.empty((len(hit), *stored.shape[1:]), device=device, dtype=dtype)
     found = torch.tensor(hit, device=device)
     output[found] = stored.to(device, dtype)
-    if computed is not None:
-        output[~found] = computed
+    output[~found] = computed
     return output
