@@ -33,7 +33,7 @@ seed, interleaved, on the same machine:
 All of them freeze through :class:`lightning_rwc.BlockFreezer` (``requires_grad=False``, gradients dropped, frozen
 modules in eval mode), on the same blocks; they differ only in when, and in caching. Reported: training time
 (evaluation excluded), speed-up over ``none``, test accuracy (mean and spread over seeds), the cache's hit rate and
-size at the end, when each block froze, and a figure of accuracy against time.
+size at the end, when each block froze, the test accuracy at each epoch's end, and a figure of accuracy against time.
 """
 
 from __future__ import annotations
