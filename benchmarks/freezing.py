@@ -2,14 +2,17 @@
 
 ``python -m benchmarks.freezing [--seeds 3] [--accelerator gpu --full] [--out DIR]`` (``--smoke``: a tiny run)
 
-Three settings:
+Three settings, and a fourth on request (``--settings``):
 
 - **fine-tuning**: ResNet-18 adapted to small grey images (as in the demo), pretrained on Fashion-MNIST's classes
   0-4, then fine-tuned on classes 5-9 with a new head;
 - **fine-tuning (BERT)**: a BERT of 4 layers of width 64 built from a config (nothing downloaded), reading
   scikit-learn's digits as sequences of 64 pixel tokens, pretrained to tell the ten digits apart, then fine-tuned
   with a new head on another task: whether the digit is odd;
-- **from scratch**: ResNet-18 trained on scikit-learn's digits.
+- **from scratch**: ResNet-18 trained on scikit-learn's digits;
+- **fine-tuning (BERT, Fashion-MNIST)**: the same BERT reading Fashion-MNIST pooled to 7 x 7 (49 pixel tokens),
+  pretrained on classes 0-4 and fine-tuned on classes 5-9 with a new head, as the ResNet-18 is (a test set of 2,000
+  images: 0.05 points an image, where the digits give 0.28).
 
 On the CPU (the default) Fashion-MNIST is average-pooled to 14 x 14 and subsets are used, so that everything runs
 in about 15 minutes on 2 cores; ``--full`` uses all images at 28 x 28 (for a GPU). Contenders, each run once per
@@ -326,19 +329,25 @@ def bert_classifier(classes: int) -> nn.Module:
     return _Tokens(transformers.BertForSequenceClassification(config))
 
 
-def digit_tokens(split: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits as 65 tokens: a class token (0), then each pixel's grey level (1-17)."""
+def pixel_tokens(split: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] as tokens: a class token (0), then each pixel's grey level (1-17)."""
     x, y = split
-    pixels = torch.from_numpy(np.rint(x.reshape(len(x), -1) * 16)).long() + 1
-    return torch.cat([torch.zeros(len(x), 1, dtype=torch.long), pixels], dim=1), torch.from_numpy(y).long()
+    pixels = torch.round(x.reshape(len(x), -1) * 16).long() + 1
+    return torch.cat([torch.zeros(len(x), 1, dtype=torch.long), pixels], dim=1), y.long()
 
 
 def bert_data() -> tuple[dict, dict]:
     """The ten digits (pretraining), and whether each digit is odd (fine-tuning), on the same images."""
     arrays = load_digits_arrays()
-    first = {split: digit_tokens(arrays[split]) for split in ("train", "test")}
+    first = {split: pixel_tokens(tuple(map(torch.from_numpy, arrays[split]))) for split in ("train", "test")}
     second = {split: (tokens, labels % 2) for split, (tokens, labels) in first.items()}
     return first, second
+
+
+def fashion_tokens(data: tuple[dict, dict]) -> tuple[dict, dict]:
+    """The fine-tuning task's two halves of Fashion-MNIST (14 x 14) pooled to 7 x 7, as pixel tokens."""
+    pooled = lambda x, y: pixel_tokens((nn.functional.avg_pool2d(x, 2), y))  # noqa: E731
+    return tuple({split: pooled(*pair) for split, pair in half.items()} for half in data)
 
 
 def adamw(module: pl.LightningModule, lr: float) -> pl.LightningModule:
@@ -348,20 +357,20 @@ def adamw(module: pl.LightningModule, lr: float) -> pl.LightningModule:
 
 
 def pretrained_bert(first: dict, args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """BERT trained on the ten digits: the starting weights of every BERT fine-tuning run."""
+    """BERT trained on the first task: the starting weights of every BERT fine-tuning run."""
     pl.seed_everything(0, verbose=False)
     module = adamw(make_classifier(bert_classifier(10), lr=args.bert_lr, num_classes=10), args.bert_lr)
     result = run(module, "none", first, args.bert_pretrain_epochs, 32, 0, args.accelerator)
-    print(f"BERT pretrained on the ten digits: accuracy {result['accuracy']:.3f} in {result['seconds']:.0f} s")
+    print(f"BERT pretrained: accuracy {result['accuracy']:.3f} in {result['seconds']:.0f} s")
     return {k: v.clone() for k, v in module.model.state_dict().items()}
 
 
-def bert_module(weights: dict[str, torch.Tensor], lr: float) -> pl.LightningModule:
+def bert_module(weights: dict[str, torch.Tensor], lr: float, classes: int = 2) -> pl.LightningModule:
     model = bert_classifier(10)
     model.load_state_dict(weights)
-    model.bert.classifier = nn.Linear(model.bert.classifier.in_features, 2)  # a new head for the new task
-    model.bert.num_labels = 2
-    return adamw(make_classifier(model, lr=lr, num_classes=2), lr)
+    model.bert.classifier = nn.Linear(model.bert.classifier.in_features, classes)  # a new head for the new task
+    model.bert.num_labels = classes
+    return adamw(make_classifier(model, lr=lr, num_classes=classes), lr)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -416,6 +425,11 @@ def main(argv: list[str] | None = None) -> Path:
         weights = pretrained_bert(first, args)
         build = lambda: bert_module(weights, args.bert_lr / 2)  # noqa: E731
         results["fine-tuning (BERT)"] = _compare(build, second, args.bert_epochs, args, tuning, batch=32)
+    if "fine-tuning (BERT, Fashion-MNIST)" in args.settings:
+        first, second = fashion_tokens(fine_tuning_data(args))
+        weights = pretrained_bert(first, args)
+        build = lambda: bert_module(weights, args.bert_lr / 2, classes=5)  # noqa: E731
+        results["fine-tuning (BERT, Fashion-MNIST)"] = _compare(build, second, args.bert_epochs, args, tuning, batch=32)
     if "from scratch" in args.settings:
         digits = scratch_data()
         build = lambda: make_classifier(resnet18_for_small_grey_images(), lr=args.lr)  # noqa: E731

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +91,14 @@ def test_freezing_benchmark_smoke_run_reports_every_setting_and_contender(tmp_pa
     pytest.importorskip("transformers")
     write_fashion_mnist(tmp_path, train=400, test=200)
     out = tmp_path / "freezing"
+    settings = ["fine-tuning", "fine-tuning (BERT)", "fine-tuning (BERT, Fashion-MNIST)", "from scratch"]
     options = ["--smoke", "--data-dir", str(tmp_path), "--threshold", "0.6", "--warmup", "3", "--out", str(out)]
-    subprocess.run([sys.executable, "-m", "benchmarks.freezing", *options], cwd=ROOT, check=True, capture_output=True)
+    command = [sys.executable, "-m", "benchmarks.freezing", *options, "--settings", *settings]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     report = (out / "report.md").read_text()
-    assert f"Command: `python -m benchmarks.freezing {' '.join(options)}`" in report
-    for setting in ("## fine-tuning\n", "## fine-tuning (BERT)\n", "## from scratch\n"):
-        section = report.split(setting)[1].split("\n## ")[0]
+    assert f"Command: `python -m benchmarks.freezing {shlex.join(command[3:])}`" in report
+    for setting in settings:
+        section = report.split(f"## {setting}\n")[1].split("\n## ")[0]
         for contender in ("none", "FreezeOut", "AutoFreeze", "LayerFreezer", "LayerFreezer+cache"):
             assert f"| {contender} |" in section and f"- {contender}: " in section
     assert (out / "accuracy-vs-time.png").stat().st_size > 0
