@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import socket
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -314,3 +315,10 @@ def write_fashion_mnist(folder: Path, train: int, test: int) -> dict[str, tuple[
         write_idx(folder / f"{split}-images-idx3-ubyte.gz", arrays[split][0])
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", arrays[split][1])
     return arrays
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import planted_curves
+from conftest import free_port, planted_curves
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -95,12 +94,6 @@ def test_the_layout_has_one_chart_per_block():
     assert list(layer_layout(["only.weight"])["relative weight change (rwc)"])[1] == "only"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -117,7 +110,7 @@ def _get(url: str, timeout: float = 60.0):
 def test_a_real_tensorboard_serves_the_cluster_layout_with_existing_tags(clustered):
     run_dir, _, result = clustered
     write_cluster_run(result, run_dir)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1"]
         + ["--port", str(port)],

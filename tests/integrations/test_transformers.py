@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 
 import pytest
 import torch
-from conftest import effective_weights, reference_rwc
+from conftest import effective_weights, free_port, reference_rwc
 
 pytest.importorskip("transformers")
 
@@ -199,9 +200,9 @@ def test_without_transformers_the_import_names_the_extra(monkeypatch):
         importlib.import_module("lightning_rwc.integrations.transformers")
 
 
-LAUNCHERS = {
-    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2"],
-    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+LAUNCHERS = {  # each with the option that takes the rendezvous port
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port"],
 }
 
 
@@ -212,9 +213,13 @@ def test_under_ddp_rank_zero_measures_and_reports_what_the_reference_gives(tmp_p
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "distributed" / "trainer_script.py"
-    options = ["--mixed_precision", "no", "--dynamo_backend", "no"] if launcher == "accelerate" else []
-    command = [sys.executable, "-m", *LAUNCHERS[launcher], *options, str(script), str(tmp_path)]  # on CPU: use_cpu
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    accelerate = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    options = accelerate if launcher == "accelerate" else []
+    launch = [sys.executable, "-m", *LAUNCHERS[launcher], str(free_port()), *options]
+    inherited = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}  # the launcher sets its own
+    env = {key: value for key, value in os.environ.items() if key not in inherited}
+    done = subprocess.run([*launch, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
     history, by_step = load_history(tmp_path / "history.json"), torch.load(tmp_path / "weights.pt")
     assert history.steps == list(range(2, 17, 2))  # 64 samples over 2 ranks, batches of 4: 8 steps an epoch
     previous = 0
