@@ -29,7 +29,7 @@ seed, interleaved, on the same machine:
 - ``LayerFreezer``: :class:`lightning_rwc.LayerFreezer`, fed by ``RelativeWeightChange`` every quarter epoch, with
   its defaults from scratch and, for fine-tuning (pretrained front blocks settle within the first epochs), with
   ``warmup=1, patience=1, max_fraction=1.0`` (from ``--sweep fast`` on seed 0: ``sweep-fast.md``; the threshold
-  stays at its default, 0.5, for both fine-tuning tasks: 0.6 was faster on ResNet-18 but froze the BERT early
+  stays at its default, 0.5, for every fine-tuning task: 0.6 was faster on ResNet-18 but froze the BERT early
   enough to cost it points; ``--threshold`` and ``--warmup`` set others);
 - ``LayerFreezer+cache``: the same with ``cache=True``.
 
@@ -68,6 +68,7 @@ from lightning_rwc.measure import select_parameters
 from lightning_rwc.parts import History, Loggers
 
 CONTENDERS = ("none", "FreezeOut", "AutoFreeze", "LayerFreezer", "LayerFreezer+cache")
+SETTINGS = ("fine-tuning", "fine-tuning (BERT)", "fine-tuning (BERT, Fashion-MNIST)", "from scratch")
 FINE_TUNING = {"warmup": 1, "patience": 1, "max_fraction": 1.0}  # from `--sweep fast` (sweep-fast.md)
 
 
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--bert-lr", type=float, default=1e-3)
     parser.add_argument("--threshold", type=float, help="LayerFreezer's threshold for fine-tuning (default: 0.5)")
     parser.add_argument("--warmup", type=int, help="LayerFreezer's fine-tuning warmup, in measurements (default: 1)")
-    parser.add_argument("--settings", nargs="+", default=["fine-tuning", "fine-tuning (BERT)", "from scratch"])
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=[s for s in SETTINGS if "Fashion" not in s])
     parser.add_argument("--out", default="benchmarks/results/freezing-cpu")
     parser.add_argument("--smoke", action="store_true", help="one seed, tiny subsets, one epoch (for the test suite)")
     parser.add_argument(
